@@ -1,0 +1,96 @@
+"""Daily snapshots: each lead's stage and engagement at the boundary T(D) of any date D.
+
+Both the stage and the engagement score are step functions of the local date, so one history
+is turned once into per-lead "states" (from_date, to_date, stage, score) and any range of dates
+is an explode of those states: a year of snapshots never repeats the replay or a join per date.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+from transforms.calendar import boundaries, local_date
+from transforms.config import FunnelConfig
+from transforms.transitions import KEY, owner_team, stage_name
+
+US_PER_DAY = 86_400_000_000
+
+
+def stage_days(intervals: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """Stage intervals as inclusive local-date ranges of the snapshots they hold in.
+
+    The interval [valid_from, valid_to) is the state at T(D) exactly for the dates
+    local_date(valid_from) <= D <= local_date(valid_to) - 1; intervals with no such date
+    (both ends on one local day) never appear in a snapshot.
+    """
+    first = local_date("valid_from", config.timezone)
+    last = local_date("valid_to", config.timezone) - pl.duration(days=1)
+    return (
+        intervals.select(KEY, "source", "rank", pl.col("valid_from").alias("entered_at"),
+                         first.alias("from_date"), last.alias("to_date"))
+        .filter(pl.col("to_date").is_null() | (pl.col("from_date") <= pl.col("to_date")))
+    )
+
+
+def _score_steps(activities: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """Score changes by date: +points on the activity's local day, -points window days later."""
+    day = local_date("occurred_at", config.timezone)
+    daily = (
+        activities.filter(pl.col("points") > 0)
+        .group_by(KEY, day.alias("date"))
+        .agg(pl.col("points").sum().cast(pl.Int64).alias("delta"))
+    )
+    leaving = daily.select(KEY, pl.col("date") + pl.duration(days=config.window_days), -pl.col("delta"))
+    return pl.concat([daily, leaving]).group_by(KEY, "date").agg(pl.col("delta").sum())
+
+
+def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame,
+                    config: FunnelConfig) -> pl.LazyFrame:
+    """Per lead, date ranges over which stage, stage_entered_at and engagement are constant."""
+    stages = stage_days(intervals, config).select(
+        KEY, pl.col("from_date").alias("date"), "rank", "entered_at", pl.lit(0, pl.Int8).alias("_kind"))
+    scores = _score_steps(activities, config).with_columns(_kind=pl.lit(1, pl.Int8))
+    same_lead_next = (pl.col(KEY).shift(-1) == pl.col(KEY)).fill_null(False)
+    # Every lead's deltas sum to zero and its first row is its entry stage (activities never
+    # precede created_at), so a global cumulative sum and forward fill stay within the lead.
+    return (
+        pl.concat([stages, scores], how="diagonal")
+        .sort(KEY, "date", "_kind")
+        .with_columns(
+            pl.col("delta").fill_null(0).cum_sum().alias("score"),
+            pl.col("rank").forward_fill(),
+            pl.col("entered_at").forward_fill(),
+        )
+        .filter(~same_lead_next | (pl.col("date").shift(-1) != pl.col("date")))
+        .with_columns(
+            to_date=pl.when(same_lead_next).then(pl.col("date").shift(-1) - pl.duration(days=1))
+        )
+        .select(KEY, pl.col("date").alias("from_date"), "to_date", "rank", "entered_at", "score")
+    )
+
+
+def snapshots(states: pl.LazyFrame, leads: pl.LazyFrame, start: date, end: date,
+              config: FunnelConfig) -> pl.LazyFrame:
+    """The published snapshot rows of every date from start to end, in (date, lead_id) order."""
+    days = pl.date_range(start, end, eager=True).to_list()
+    lo = pl.max_horizontal(pl.col("from_date"), pl.lit(start))
+    hi = pl.min_horizontal(pl.col("to_date").fill_null(end), pl.lit(end))
+    return (
+        states.filter((pl.col("from_date") <= end) & (pl.col("to_date").is_null() | (pl.col("to_date") >= start)))
+        .with_columns(snapshot_date=pl.date_ranges(lo, hi))
+        .explode("snapshot_date")
+        .join(boundaries(days, config.timezone), left_on="snapshot_date", right_on="date", how="left")
+        .join(leads.select(KEY, "lead_id", "source"), on=KEY, how="left")
+        .sort("snapshot_date", KEY)
+        .select(
+            "snapshot_date", "lead_id", "source",
+            stage_name("rank", config).alias("stage"),
+            owner_team("rank", config).alias("owner_team"),
+            pl.col("entered_at").alias("stage_entered_at"),
+            ((pl.col("boundary") - pl.col("entered_at")).dt.total_microseconds() // US_PER_DAY)
+            .cast(pl.Int32).alias("days_in_stage"),
+            pl.col("score").cast(pl.Int32).alias("engagement_score"),
+        )
+    )

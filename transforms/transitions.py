@@ -1,0 +1,160 @@
+"""The stage replay (FUNNEL_SPEC.md section 3) and the transitions it produces.
+
+Each event is a clamp on the stage (max with a promotion, min with a demotion, max with the
+score target), and clamps compose: for every stage rank k, "stage >= k" is the value written by
+the latest event that writes it. With one entry row per lead writing every indicator, a plain
+forward fill over the frame sorted by (lead, time, order) is the whole replay: no loop, no
+per-lead window.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from transforms.config import FunnelConfig
+
+KEY = "lead_key"
+# Order of events at one instant: the entry first, then activities by activity_id.
+ENTRY, ACTIVITY = 0, 1
+
+
+def keyed_leads(leads: pl.LazyFrame, config: FunnelConfig, boundary: datetime) -> pl.LazyFrame:
+    """Leads visible at the boundary, with an integer key in lead_id order and their fit."""
+    fit = pl.sql_expr(config.fit).fill_null(False)
+    return (
+        leads.filter(pl.col("created_at") < boundary)
+        .sort("lead_id")
+        .with_row_index(KEY)
+        .select(KEY, "lead_id", "source", "created_at", fit.alias("fit"))
+    )
+
+
+def _lookup(mapping: dict[str, int], default: int | None) -> pl.Expr:
+    return pl.col("activity_type").replace_strict(
+        list(mapping), list(mapping.values()), default=default, return_dtype=pl.Int32
+    )
+
+
+def scored_activities(activities: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig,
+                      boundary: datetime) -> pl.LazyFrame:
+    """Activities before the boundary, keyed and sorted, with points and score at each instant.
+
+    The score counts points in (t - window, t], every activity at the same instant included;
+    the window is window_days local calendar days in the configured timezone.
+    """
+    local = pl.col("occurred_at").dt.convert_time_zone(config.timezone)
+    return (
+        activities.filter(pl.col("occurred_at") < boundary)
+        .join(leads.select(KEY, "lead_id", "fit"), on="lead_id", how="inner")
+        .with_columns(points=_lookup(dict(config.points), 0), _local=local)
+        .sort(KEY, "occurred_at", "activity_id")
+        .with_columns(
+            score=pl.col("points").rolling_sum_by("_local", f"{config.window_days}d", closed="right").over(KEY)
+        )
+        .drop("_local")
+    )
+
+
+def replay(leads: pl.LazyFrame, activities: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """Every event (entries and scored activities) with the stage rank before and after it."""
+    ranks = {s: config.rank(s) for s in config.stage_names}
+    promo = _lookup({a: ranks[s] for a, s in config.promotions.items()}, None)
+    demo = _lookup({a: ranks[s] for a, s in config.demotions.items()}, None)
+    target = ranks[config.score_target]
+    entries = leads.select(
+        KEY, "lead_id", pl.col("created_at").alias("occurred_at"),
+        pl.lit(None, pl.String).alias("activity_id"), pl.lit(None, pl.String).alias("activity_type"),
+        pl.lit(ENTRY, pl.Int8).alias("_ord"),
+    )
+    events = pl.concat(
+        [entries, activities.select(KEY, "lead_id", "occurred_at", "activity_id", "activity_type",
+                                    pl.lit(ACTIVITY, pl.Int8).alias("_ord"),
+                                    promo.alias("_promo"), demo.alias("_demo"),
+                                    (pl.col("fit") & (pl.col("points") > 0)
+                                     & (pl.col("score") >= config.mql_threshold)).alias("_hit"))],
+        how="diagonal",
+    ).sort(KEY, "occurred_at", "_ord", "activity_id")
+
+    entry = pl.col("_ord") == ENTRY
+    hit = pl.col("_hit").fill_null(False)
+    indicators = []
+    for k in range(1, len(ranks)):
+        write = (
+            pl.when(entry).then(False)
+            .when((pl.col("_promo") >= k) | (hit & (target >= k))).then(True)
+            .when(pl.col("_demo") < k).then(False)
+            .otherwise(None)
+        )
+        indicators.append(write.forward_fill().cast(pl.Int8))
+    unfrozen = pl.sum_horizontal(indicators).cast(pl.Int8) if indicators else pl.lit(0, pl.Int8)
+    terminal = [ranks[s] for s in config.terminal]
+
+    is_term = pl.col("_stage_unfrozen").is_in(terminal).cast(pl.Int32)
+    seen = is_term.cum_sum() - is_term
+    seen_before = seen - pl.when(entry).then(seen).otherwise(None).forward_fill()
+    stage = pl.when(seen_before > 0).then(None).otherwise(pl.col("_stage_unfrozen")).forward_fill()
+    before = pl.when(~entry).then(pl.col("stage").shift(1))
+    after_own_rule = (
+        pl.when(pl.col("_promo").is_not_null()).then(pl.max_horizontal(pl.col("stage_before"), pl.col("_promo")))
+        .when(pl.col("_demo").is_not_null()).then(pl.min_horizontal(pl.col("stage_before"), pl.col("_demo")))
+        .otherwise(pl.col("stage_before"))
+    )
+    return (
+        events.with_columns(_stage_unfrozen=unfrozen)
+        .with_columns(stage=stage.cast(pl.Int8))
+        .with_columns(stage_before=before.cast(pl.Int8))
+        .with_columns(_own_rule_changed=after_own_rule != pl.col("stage_before"))
+    )
+
+
+def transitions(events: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """One row per stage change plus one entry row per lead, keyed, with stage ranks."""
+    entry = pl.col("_ord") == ENTRY
+    changed = events.filter(entry | (pl.col("stage") != pl.col("stage_before")))
+    moved = pl.col("to_rank") - pl.col("from_rank")
+    prev_at = pl.col("transitioned_at").shift(1)  # rows are in lead order; entries have no from
+    return (
+        changed.select(
+            KEY, "lead_id",
+            pl.col("stage_before").alias("from_rank"),
+            pl.col("stage").alias("to_rank"),
+            pl.col("occurred_at").alias("transitioned_at"),
+            pl.when(entry).then(pl.lit("created"))
+            .when(pl.col("_own_rule_changed")).then(pl.col("activity_type"))
+            .otherwise(pl.lit("score")).alias("trigger"),
+            "activity_id",
+        )
+        .with_columns(
+            direction=pl.when(pl.col("from_rank").is_null()).then(pl.lit("entry"))
+            .when(moved > 0).then(pl.lit("forward")).otherwise(pl.lit("backward")),
+            stages_moved=moved.cast(pl.Int32),
+            hours_in_from_stage=pl.when(pl.col("from_rank").is_not_null()).then(
+                (pl.col("transitioned_at") - prev_at).dt.total_microseconds() / 3_600_000_000
+            ),
+        )
+        .join(leads.select(KEY, "source"), on=KEY, how="left", maintain_order="left")
+    )
+
+
+def stage_name(rank: str, config: FunnelConfig) -> pl.Expr:
+    """Stage rank column as its configured name."""
+    names = config.stage_names
+    return pl.col(rank).replace_strict(list(range(len(names))), names, return_dtype=pl.String)
+
+
+def owner_team(rank: str, config: FunnelConfig) -> pl.Expr:
+    """The team that owns a lead in the stage of this rank."""
+    teams = [s.owner_team for s in config.stages]
+    return pl.col(rank).replace_strict(list(range(len(teams))), teams, return_dtype=pl.String)
+
+
+def transitions_output(keyed: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """The published transitions dataset (spec section 4 columns, natural-key order)."""
+    return keyed.select(
+        "lead_id",
+        stage_name("from_rank", config).alias("from_stage"),
+        stage_name("to_rank", config).alias("to_stage"),
+        "direction", "stages_moved", "transitioned_at", "trigger", "activity_id", "hours_in_from_stage",
+    )
