@@ -1,0 +1,24 @@
+"""Published snapshots: one row per lead per snapshot date."""
+
+import pandera.polars as pa
+from pandera.engines import polars_engine as pe
+
+from schemas._types import UTC_US
+from schemas.rules import NAME_PATTERN, TEAMS
+
+
+class SnapshotsModel(pa.DataFrameModel):
+    """Each lead created before T(D), its stage and engagement at T(D)."""
+
+    snapshot_date: pe.Date = pa.Field(description="The local date D; the state is taken at T(D)")
+    lead_id: str = pa.Field(description="The lead")
+    source: str = pa.Field(description="Acquisition source, normalised")
+    stage: str = pa.Field(str_matches=NAME_PATTERN, description="Stage of the latest transition before T(D)")
+    owner_team: str = pa.Field(isin=list(TEAMS), description="Team owning the lead in that stage")
+    stage_entered_at: pe.DateTime = pa.Field(dtype_kwargs=UTC_US, description="When that stage was entered (UTC)")
+    days_in_stage: pe.Int32 = pa.Field(ge=0, description="floor((T(D) - stage_entered_at) / 24h)")
+    engagement_score: pe.Int32 = pa.Field(ge=0, description="Points of activities in [T(D) - window, T(D))")
+
+    class Config:
+        strict = True
+        unique = ["snapshot_date", "lead_id"]
