@@ -1,0 +1,127 @@
+"""The `funnel` command: generate data, run the nightly flow, backfill, serve the schedule."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import flows  # noqa: F401  (quiet, telemetry-free Prefect settings before prefect loads)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    from flows.pipeline import DEFAULT_INPUT, DEFAULT_OUTPUT
+
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="directory with leads and activities")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location")
+    parser.add_argument("--config", type=Path, default=None, help="funnel rules (TOML); shipped defaults if absent")
+    parser.add_argument("--timezone", default=None, help="IANA zone; overrides the config's")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="funnel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write seeded, realistic leads and activities")
+    gen.add_argument("--leads", type=int, required=True, help="number of leads")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", type=Path, required=True, help="directory to write leads.* and activities.*")
+    gen.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    gen.add_argument("--dirty", action="store_true", help="add the faults real CRM exports contain")
+    gen.add_argument("--end", type=_date, default=date(2026, 10, 31), help="last day of generated data")
+
+    run = sub.add_parser("run", help="run the nightly flow once")
+    run.add_argument("--as-of", type=_date, default=None, help="as-of date (default: yesterday, local)")
+    _run_options(run)
+
+    back = sub.add_parser("backfill", help="write the partitions of every date from --start to --end")
+    back.add_argument("--start", type=_date, required=True)
+    back.add_argument("--end", type=_date, required=True)
+    _run_options(back)
+
+    serve = sub.add_parser("serve", help="serve the nightly deployment on its cron schedule")
+    serve.add_argument("--cron", default=None, help="cron (default: the config's schedule.cron)")
+    _run_options(serve)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from flows.io import write_inputs
+    from transforms.generate import generate
+
+    started = time.perf_counter()
+    data = generate(args.leads, args.seed, dirty=args.dirty, end=args.end)
+    write_inputs(args.out, data.leads, data.activities, args.format)
+    print(f"wrote {data.leads.height:,} leads and {data.activities.height:,} activities "
+          f"({args.format}{', dirty' if args.dirty else ''}) to {args.out} in {time.perf_counter() - started:.1f}s")
+
+
+def _print_summary(summary: "RunSummary", seconds: float) -> None:  # noqa: F821
+    dates = f"{summary.start}..{summary.as_of}" if summary.start != summary.as_of else f"{summary.as_of}"
+    print(f"funnel {summary.flow} {dates}: done in {seconds:.1f}s")
+    for table, counts in summary.tables.items():
+        print(f"  {table:<11} read {counts['read']:>11,}  valid {counts['valid']:>11,}  "
+              f"quarantined {counts['quarantined']:>9,}  collapsed {counts['collapsed']:>7,}")
+    print(f"  wrote {sum(summary.written.values()):,} rows in {len(summary.written)} datasets to {summary.output}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from flows.pipeline import backfill, nightly
+
+    started = time.perf_counter()
+    common = {"input_dir": str(args.input), "output_dir": str(args.output),
+              "config_path": str(args.config) if args.config else None, "timezone": args.timezone}
+    if args.command == "run":
+        summary = nightly(as_of=args.as_of, **common)
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            days = (args.end - args.start).days + 1
+            bar = progress.add_task("writing partitions", total=days)
+            summary = backfill(start=args.start, end=args.end, on_day=lambda _d: progress.advance(bar), **common)
+    _print_summary(summary, time.perf_counter() - started)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from flows.deployment import nightly_deployment
+
+    deployment = nightly_deployment(args.input, args.output, args.config, args.timezone, args.cron)
+    from prefect import serve
+
+    serve(deployment)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `funnel` console script."""
+    args = _parser().parse_args(argv)
+    from flows.io import InputError, RunLockedError
+    from transforms.config import ConfigError
+
+    try:
+        if args.command == "generate":
+            _generate(args)
+        elif args.command == "serve":
+            _serve(args)
+        else:
+            _run(args)
+    except (InputError, ConfigError, RunLockedError, ValueError) as exc:
+        print(f"funnel: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("funnel: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

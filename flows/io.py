@@ -1,0 +1,173 @@
+"""The only module that knows where inputs and datasets live and how they are read and written.
+
+Every dataset and partition is a directory holding one `part-0.parquet`, replaced by writing
+beside it (under `.tmp/`) and renaming over it: a reader, or a crash, sees the old file or the
+new one, never a mix. Partition columns live in the directory name (`snapshot_date=...`), as
+polars, DuckDB, pyarrow and Spark expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from schemas.rules import ACTIVITY_COLUMNS, ACTIVITY_REQUIRED, LEAD_COLUMNS, LEAD_REQUIRED
+from transforms.config import ConfigError, FunnelConfig, parse_config_text
+
+PART = "part-0.parquet"
+TABLES = {"leads": (LEAD_COLUMNS, LEAD_REQUIRED), "activities": (ACTIVITY_COLUMNS, ACTIVITY_REQUIRED)}
+# Dataset name -> partition column for the date-partitioned ones.
+PARTITIONED = {
+    "snapshots": "snapshot_date",
+    "metrics/daily_funnel": "date",
+    "metrics/transitions_daily": "date",
+}
+WHOLE = ("transitions", "stage_history", "milestones", "metrics/cohort_conversion")
+
+
+class InputError(ValueError):
+    """Input that cannot be read: a missing file or column, or both CSV and Parquet present."""
+
+
+class RunLockedError(RuntimeError):
+    """Another run holds the output location."""
+
+
+def input_file(directory: Path, table: str) -> Path:
+    """The one file holding `table`: <table>.csv or <table>.parquet, never both."""
+    found = [p for p in (directory / f"{table}.csv", directory / f"{table}.parquet") if p.is_file()]
+    if not found:
+        raise InputError(f"{directory / table}.csv: missing (no {table}.csv or {table}.parquet in {directory})")
+    if len(found) > 1:
+        raise InputError(f"{found[0]}: both {found[0].name} and {found[1].name} present; keep one")
+    return found[0]
+
+
+def read_table(directory: Path, table: str) -> pl.DataFrame:
+    """A raw input table with the contract's columns present in it (extra columns ignored).
+
+    CSV is read entirely as text, so each value is parsed, and can fail, on its own.
+    """
+    path = input_file(directory, table)
+    columns, required = TABLES[table]
+    if path.suffix == ".csv":
+        frame = pl.scan_csv(path, infer_schema=False, encoding="utf8")
+    else:
+        frame = pl.scan_parquet(path)
+    try:
+        present = frame.collect_schema().names()
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{path}: unreadable: {str(exc).splitlines()[0]}") from exc
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise InputError(f"{path}: missing required column {missing[0]!r}")
+    try:
+        return frame.select([c for c in columns if c in present]).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{path}: unreadable: {str(exc).splitlines()[0]}") from exc
+
+
+def write_inputs(directory: Path, leads: pl.DataFrame, activities: pl.DataFrame, fmt: str) -> None:
+    """Write generated input tables as <table>.csv or <table>.parquet (text columns)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("leads", leads), ("activities", activities)):
+        for stale in (directory / f"{name}.csv", directory / f"{name}.parquet"):
+            stale.unlink(missing_ok=True)
+        if fmt == "csv":
+            frame.write_csv(directory / f"{name}.csv")
+        else:
+            frame.write_parquet(directory / f"{name}.parquet", row_group_size=1_000_000)
+
+
+@dataclass(frozen=True)
+class OutputStore:
+    """Where every output dataset lives under one output location, and how it is replaced."""
+
+    root: Path
+
+    def dataset_dir(self, name: str, partition: date | None = None) -> Path:
+        """Directory of a dataset, or of one date partition of it."""
+        if partition is None:
+            return self.root / name
+        return self.root / name / f"{PARTITIONED[name]}={partition.isoformat()}"
+
+    def quarantine_dir(self, table: str, as_of: date) -> Path:
+        """Directory of one table's quarantine for one run date."""
+        return self.root / "quarantine" / table / f"as_of={as_of.isoformat()}"
+
+    def _tmp(self, suffix: str) -> Path:
+        tmp = self.root / ".tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp / f"{uuid.uuid4().hex}{suffix}"
+
+    def _replace(self, tmp: Path, target: Path) -> None:
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+
+    def write_frame(self, frame: pl.DataFrame, directory: Path) -> int:
+        """Atomically replace the one part file of `directory` with `frame`; returns rows written."""
+        tmp = self._tmp(".parquet")
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        self._replace(tmp, directory / PART)
+        return frame.height
+
+    def write_dataset(self, name: str, frame: pl.DataFrame) -> int:
+        """Replace a whole (unpartitioned) dataset."""
+        return self.write_frame(frame, self.dataset_dir(name))
+
+    def write_partition(self, name: str, day: date, frame: pl.DataFrame) -> int:
+        """Replace one date partition; the partition column lives in the directory name."""
+        return self.write_frame(frame.drop(PARTITIONED[name]), self.dataset_dir(name, day))
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> Path:
+        """Write a run manifest as runs/<run_id>.json, atomically."""
+        tmp = self._tmp(".json")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        target = self.root / "runs" / f"{run_id}.json"
+        self._replace(tmp, target)
+        return target
+
+    def clear_tmp(self) -> None:
+        """Remove leftovers of a crashed run (they belong to no dataset)."""
+        shutil.rmtree(self.root / ".tmp", ignore_errors=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the output location for one run; a second run is refused at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise RunLockedError(f"{self.root}: another funnel run is writing here; try again when it ends") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.toml")
+
+
+def load_config(path: Path | None, timezone: str | None = None) -> FunnelConfig:
+    """The funnel config from a TOML file (the shipped defaults when none is given)."""
+    source = path or DEFAULT_CONFIG
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config: {exc.strerror}") from exc
+    config = parse_config_text(text)
+    return config.with_timezone(timezone) if timezone else config
