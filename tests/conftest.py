@@ -1,0 +1,87 @@
+"""Shared fixtures: configs, the worked example, one Prefect test server per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import flows  # noqa: F401  (quiet Prefect settings before prefect loads)
+from flows.io import DEFAULT_CONFIG
+from transforms.config import FunnelConfig, parse_config_text
+
+# Another company's funnel: an extra stage, recycling to lead, a short window, Berlin time.
+CUSTOM_CONFIG = """
+timezone = "Europe/Berlin"
+[[stages]]
+name = "lead"
+owner_team = "marketing"
+[[stages]]
+name = "mql"
+owner_team = "marketing"
+[[stages]]
+name = "sal"
+owner_team = "sales"
+[[stages]]
+name = "sql"
+owner_team = "sales"
+[[stages]]
+name = "opportunity"
+owner_team = "sales"
+[[stages]]
+name = "closed_won"
+owner_team = "sales"
+[activities]
+catalogue = ["page_view", "form_submit", "demo_request", "sales_accepted", "sales_rejected",
+             "opportunity_created", "proposal_sent", "closed_won", "closed_lost", "unsubscribed"]
+[scoring]
+window_days = 7
+mql_threshold = 12
+target_stage = "mql"
+fit = "employee_count >= 10"
+[scoring.points]
+page_view = 2
+form_submit = 5
+demo_request = 10
+[promotions]
+sales_accepted = "sal"
+opportunity_created = "sql"
+proposal_sent = "opportunity"
+closed_won = "closed_won"
+[demotions]
+sales_rejected = "lead"
+closed_lost = "mql"
+unsubscribed = "lead"
+[terminal]
+stages = ["closed_won"]
+[cohorts]
+maturity_days = 30
+"""
+
+
+@pytest.fixture(scope="session")
+def default_config() -> FunnelConfig:
+    """The shipped defaults."""
+    return parse_config_text(DEFAULT_CONFIG.read_text())
+
+
+@pytest.fixture(scope="session")
+def custom_config() -> FunnelConfig:
+    """A non-default funnel."""
+    return parse_config_text(CUSTOM_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One temporary Prefect API for every flow test (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The checkout, for tests that read shipped files."""
+    return Path(__file__).resolve().parent.parent
