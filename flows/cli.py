@@ -7,8 +7,12 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import flows  # noqa: F401  (quiet, telemetry-free Prefect settings before prefect loads)
+
+if TYPE_CHECKING:
+    from flows.pipeline import RunSummary
 
 
 def _date(text: str) -> date:
@@ -65,7 +69,7 @@ def _generate(args: argparse.Namespace) -> None:
           f"({args.format}{', dirty' if args.dirty else ''}) to {args.out} in {time.perf_counter() - started:.1f}s")
 
 
-def _print_summary(summary: "RunSummary", seconds: float) -> None:  # noqa: F821
+def _print_summary(summary: RunSummary, seconds: float) -> None:
     dates = f"{summary.start}..{summary.as_of}" if summary.start != summary.as_of else f"{summary.as_of}"
     print(f"funnel {summary.flow} {dates}: done in {seconds:.1f}s")
     for table, counts in summary.tables.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.io import load_config
@@ -11,10 +12,10 @@ from flows.pipeline import nightly
 
 
 def nightly_deployment(input_dir: Path, output_dir: Path, config_path: Path | None, timezone: str | None,
-                       cron: str | None = None):  # type: ignore[no-untyped-def]
+                       cron: str | None = None) -> RunnerDeployment:
     """A deployment of the nightly flow at `cron` (default: the config's) in the configured zone."""
     config = load_config(config_path, timezone)
-    return nightly.to_deployment(
+    deployment = nightly.to_deployment(
         name="funnel-nightly",
         schedules=[Cron(cron or config.schedule_cron, timezone=config.timezone)],
         parameters={"input_dir": str(input_dir), "output_dir": str(output_dir),
@@ -22,3 +23,5 @@ def nightly_deployment(input_dir: Path, output_dir: Path, config_path: Path | No
         concurrency_limit=1,
         description="Recompute the lead funnel as of yesterday and replace every dataset atomically.",
     )
+    assert isinstance(deployment, RunnerDeployment)  # sync context: never a coroutine
+    return deployment

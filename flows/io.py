@@ -61,10 +61,7 @@ def read_table(directory: Path, table: str) -> pl.DataFrame:
     """
     path = input_file(directory, table)
     columns, required = TABLES[table]
-    if path.suffix == ".csv":
-        frame = pl.scan_csv(path, infer_schema=False, encoding="utf8")
-    else:
-        frame = pl.scan_parquet(path)
+    frame = pl.scan_csv(path, infer_schema=False, encoding="utf8") if path.suffix == ".csv" else pl.scan_parquet(path)
     try:
         present = frame.collect_schema().names()
     except pl.exceptions.PolarsError as exc:
@@ -115,7 +112,7 @@ class OutputStore:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        tmp.replace(target)
 
     def write_frame(self, frame: pl.DataFrame, directory: Path) -> int:
         """Atomically replace the one part file of `directory` with `frame`; returns rows written."""
@@ -152,7 +149,8 @@ class OutputStore:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                raise RunLockedError(f"{self.root}: another funnel run is writing here; try again when it ends") from exc
+                message = f"{self.root}: another funnel run is writing here; try again when it ends"
+                raise RunLockedError(message) from exc
             try:
                 yield
             finally:

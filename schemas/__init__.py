@@ -1,0 +1,1 @@
+"""Pandera models: one per table read or written."""

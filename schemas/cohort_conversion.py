@@ -1,6 +1,5 @@
 """Published metrics/cohort_conversion: conversion between adjacent stages by cohort month."""
 
-from typing import Optional
 
 import pandera.polars as pa
 import polars as pl
@@ -20,11 +19,12 @@ class CohortConversionModel(pa.DataFrameModel):
     entered: int = pa.Field(ge=1, description="Leads that first reached from_stage in the month")
     converted: int = pa.Field(ge=0, description="Of those, first reached to_stage by the as-of boundary")
     conversion_rate: float = pa.Field(ge=0, le=1, description="converted / entered")
-    median_days_to_convert: Optional[float] = pa.Field(nullable=True, ge=0,
+    median_days_to_convert: float | None = pa.Field(nullable=True, ge=0,
                                                        description="Median days from from_stage to to_stage")
     is_mature: bool = pa.Field(description="T(D) >= end of cohort month + cohort_maturity_days")
 
     @pa.dataframe_check
+    @classmethod
     def converted_within_entered(cls, data: PolarsData) -> pl.LazyFrame:
         """Converted never exceeds entered; a median exists exactly when someone converted."""
         return data.lazyframe.select(

@@ -1,6 +1,7 @@
 """Published milestones: one row per lead."""
 
 import pandera.polars as pa
+import polars as pl
 from pandera.engines import polars_engine as pe
 
 from schemas._types import UTC_US
@@ -24,7 +25,7 @@ def milestones_schema(first_columns: list[str]) -> pa.DataFrameSchema:
     """MilestonesModel plus one nullable UTC first_<stage>_at column per stage above entry."""
     schema = MilestonesModel.to_schema()
     extra = {
-        c: pa.Column(pe.DateTime(time_zone="UTC", time_unit="us"), nullable=True,
+        c: pa.Column(pl.Datetime("us", "UTC"), nullable=True,
                      description=f"First time the stage {c[6:-3]!r} or higher was reached (UTC)")
         for c in first_columns
     }

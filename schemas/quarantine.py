@@ -3,7 +3,6 @@
 import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
-from pandera.engines import polars_engine as pe
 
 from schemas.rules import ACTIVITY_COLUMNS, LEAD_COLUMNS
 
@@ -16,7 +15,7 @@ def quarantine_schema(table: str, columns: tuple[str, ...]) -> pa.DataFrameSchem
     """Schema of one table's quarantine: its contract columns as text, plus reasons."""
     cols = {c: pa.Column(str, nullable=True, description=f"Original {table}.{c} as text") for c in columns}
     cols["reasons"] = pa.Column(
-        pe.List(pl.String),
+        pl.List(pl.String),
         checks=pa.Check(_has_reason, name="has_reason"),
         description="Machine-readable reason codes, one per failed rule; never empty",
     )

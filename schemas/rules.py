@@ -5,7 +5,10 @@ COUNTRY_PATTERN = r"^[A-Z]{2}$"
 EMPLOYEE_COUNT_PATTERN = r"^[+-]?[0-9]+$"
 JOB_LEVELS = ("c_level", "vp", "director", "manager", "individual_contributor", "other")
 # YYYY-MM-DD[T ]HH:MM:SS[.ffffff][Z|+HH:MM|-HH:MM]
-TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?$"
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?$"
+)
 # Stage and activity names are lower-case identifiers; the config decides which exist.
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 TEAMS = ("marketing", "sales")

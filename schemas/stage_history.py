@@ -1,6 +1,5 @@
 """Published stage_history: SCD2 intervals of each lead's stage."""
 
-from typing import Optional
 
 import pandera.polars as pa
 import polars as pl
@@ -18,12 +17,13 @@ class StageHistoryModel(pa.DataFrameModel):
     stage: str = pa.Field(str_matches=NAME_PATTERN, description="Stage held during the interval")
     owner_team: str = pa.Field(isin=list(TEAMS), description="Team owning the lead in that stage")
     valid_from: pe.DateTime = pa.Field(dtype_kwargs=UTC_US, description="Interval start (UTC), inclusive")
-    valid_to: Optional[pe.DateTime] = pa.Field(dtype_kwargs=UTC_US, nullable=True,
+    valid_to: pe.DateTime | None = pa.Field(dtype_kwargs=UTC_US, nullable=True,
                                                description="Interval end (UTC), exclusive; null while current")
     entered_by: str = pa.Field(description="Trigger of the transition that opened the interval")
-    activity_id: Optional[str] = pa.Field(nullable=True, description="Activity that opened it; null for entry")
+    activity_id: str | None = pa.Field(nullable=True, description="Activity that opened it; null for entry")
 
     @pa.dataframe_check
+    @classmethod
     def ends_after_start(cls, data: PolarsData) -> pl.LazyFrame:
         """An interval never ends before it starts."""
         return data.lazyframe.select(pl.col("valid_to").is_null() | (pl.col("valid_to") >= pl.col("valid_from")))

@@ -25,7 +25,7 @@ class Move:
 
 
 def window_start(t: datetime, days: int, timezone: str) -> datetime:
-    """t minus `days` local calendar days (wall-clock arithmetic in the zone)."""
+    """T minus `days` local calendar days (wall-clock arithmetic in the zone)."""
     local = t.astimezone(ZoneInfo(timezone))
     return (local - timedelta(days=days)).astimezone(t.tzinfo)
 

@@ -1,0 +1,1 @@
+"""Pure Polars transforms: no I/O, no Prefect."""

@@ -88,7 +88,8 @@ def _require(cond: bool, message: str) -> None:
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key, {})
-    _require(isinstance(value, Mapping), f"config: [{key}] must be a table")
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config: [{key}] must be a table")
     return value
 
 
@@ -117,8 +118,8 @@ def parse_config(data: Mapping[str, Any]) -> FunnelConfig:
         raise ConfigError(f"config: timezone {timezone!r} is not an IANA zone") from exc
 
     raw_stages = data.get("stages")
-    _require(isinstance(raw_stages, list) and len(raw_stages) >= 2,
-             "config: [[stages]] must list at least two stages")
+    if not isinstance(raw_stages, list) or len(raw_stages) < 2:
+        raise ConfigError("config: [[stages]] must list at least two stages")
     stages = []
     for item in raw_stages:
         _require(isinstance(item, Mapping) and "name" in item and "owner_team" in item,

@@ -193,6 +193,11 @@ def _replace(column: str, fault: pl.Expr, cases: dict[int, pl.Expr | str | None]
     return expr.alias(column)
 
 
+def _sometimes(messy: pl.Series, changed: pl.Expr, column: str) -> pl.Expr:
+    """`changed` on the rows picked by `messy`, the column as it was elsewhere."""
+    return pl.when(pl.lit(messy)).then(changed).otherwise(pl.col(column))
+
+
 def _noise(rng: np.random.Generator, n: int, rate: float) -> pl.Series:
     return pl.Series(rng.random(n) < rate)
 
@@ -214,19 +219,21 @@ def _dirty_leads(rng: np.random.Generator, leads: pl.DataFrame) -> pl.DataFrame:
                                        6: "2031-01-01 00:00:00"}),
         _replace("updated_at", fault, {7: "last tuesday"}),
         _replace("email", fault, {8: "no-at-sign.example.com"}),
-        _replace("country", fault, {9: "Deutschland",
-                                    0: pl.when(pl.lit(messy)).then(pl.concat_str(pl.lit(" "), pl.col("country").str.to_lowercase())).otherwise(pl.col("country"))}),
-        _replace("employee_count", fault, {10: "12.5", 11: "-4", 12: "many",
-                                           0: pl.when(pl.lit(messy)).then(pl.concat_str(pl.lit("+"), pl.col("employee_count"))).otherwise(pl.col("employee_count"))}),
-        _replace("job_level", fault, {13: "intern",
-                                      0: pl.when(pl.lit(messy)).then(pl.concat_str(pl.col("job_level").str.to_uppercase(), pl.lit(" "))).otherwise(pl.col("job_level"))}),
-        source=pl.when(pl.lit(messy)).then(pl.concat_str(pl.lit(" "), pl.col("source").str.to_titlecase(), pl.lit(" "))).otherwise(pl.col("source")),
+        _replace("country", fault, {9: "Deutschland", 0: _sometimes(
+            messy, pl.concat_str(pl.lit(" "), pl.col("country").str.to_lowercase()), "country")}),
+        _replace("employee_count", fault, {10: "12.5", 11: "-4", 12: "many", 0: _sometimes(
+            messy, pl.concat_str(pl.lit("+"), pl.col("employee_count")), "employee_count")}),
+        _replace("job_level", fault, {13: "intern", 0: _sometimes(
+            messy, pl.concat_str(pl.col("job_level").str.to_uppercase(), pl.lit(" ")), "job_level")}),
+        source=_sometimes(messy, pl.concat_str(pl.lit(" "), pl.col("source").str.to_titlecase(), pl.lit(" ")),
+                          "source"),
     )
     exact = _duplicates(rng, dirty, 0.005, {})
     superseded = _duplicates(rng, dirty, 0.003, {
         "updated_at": pl.lit("2026-10-30T12:00:00Z"), "source": pl.lit("referral")})
-    conflicting = _duplicates(rng, dirty, 0.001, {"company": pl.lit("Other, Company")})
-    return pl.concat([dirty, exact, superseded, conflicting]).sample(fraction=1.0, shuffle=True, seed=int(rng.integers(1 << 31)))
+    conflicting = _duplicates(rng, dirty, 0.003, {"company": pl.lit("Other, Company")})
+    shuffled = int(rng.integers(1 << 31))
+    return pl.concat([dirty, exact, superseded, conflicting]).sample(fraction=1.0, shuffle=True, seed=shuffled)
 
 
 def _dirty_activities(rng: np.random.Generator, activities: pl.DataFrame) -> pl.DataFrame:
@@ -238,8 +245,8 @@ def _dirty_activities(rng: np.random.Generator, activities: pl.DataFrame) -> pl.
         _replace("lead_id", fault, {2: " ", 7: pl.concat_str(pl.lit("GHOST-"), pl.col("lead_id"))}),
         _replace("occurred_at", fault, {3: "2025-13-01 00:00:00", 4: "soon", 5: "2031-06-01T00:00:00Z",
                                         8: "2000-01-01 00:00:00"}),
-        _replace("activity_type", fault, {6: "carrier_pigeon",
-                                          0: pl.when(pl.lit(messy)).then(pl.concat_str(pl.lit(" "), pl.col("activity_type").str.to_titlecase())).otherwise(pl.col("activity_type"))}),
+        _replace("activity_type", fault, {6: "carrier_pigeon", 0: _sometimes(
+            messy, pl.concat_str(pl.lit(" "), pl.col("activity_type").str.to_titlecase()), "activity_type")}),
     )
     exact = _duplicates(rng, dirty, 0.005, {})
     conflicting = _duplicates(rng, dirty, 0.001, {"occurred_at": pl.lit("2024-12-31 23:59:59")})

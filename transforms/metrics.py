@@ -93,8 +93,11 @@ def transitions_daily(transitions: pl.LazyFrame, start: date, end: date, config:
 
 
 def cohort_conversion(milestones: pl.LazyFrame, as_of: date, config: FunnelConfig) -> pl.LazyFrame:
-    """For each adjacent stage pair: of the leads that first reached `from` in a local month,
-    how many first reached `to` by the as-of boundary, and how fast (median days)."""
+    """Conversion of each adjacent stage pair by local cohort month and source.
+
+    Of the leads that first reached `from` in a month, how many first reached `to` by the
+    as-of boundary, and how fast (median days).
+    """
     names = config.stage_names
     firsts = ["created_at"] + [f"first_{s}_at" for s in names[1:]]
     pairs = []

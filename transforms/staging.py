@@ -151,8 +151,8 @@ def stage_leads(raw: pl.DataFrame, run_start: datetime) -> Staged:
     raw = raw.select(_raw_columns(raw, LEAD_COLUMNS)).with_row_index(ROW)
     schema = raw.schema
 
-    def opt(name: str, expr: pl.Expr, dtype: pl.DataType = pl.String()) -> pl.Expr:
-        return (expr if name in schema else pl.lit(None, dtype)).alias(name)
+    def opt(name: str, expr: pl.Expr, dtype: pl.DataType | None = None) -> pl.Expr:
+        return (expr if name in schema else pl.lit(None, dtype or pl.String())).alias(name)
 
     employee_text = _text("employee_count").str.strip_chars() if "employee_count" in schema else None
     parsed = raw.select(

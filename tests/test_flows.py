@@ -1,0 +1,145 @@
+"""End to end: the real flows under a Prefect test server, on generated dirty data in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from flows.io import PART, InputError, OutputStore, RunLockedError, write_inputs
+from transforms.generate import generate
+
+AS_OF = date(2026, 10, 31)
+DATASETS = ["transitions", "stage_history", "milestones", "snapshots", "metrics/daily_funnel",
+            "metrics/transitions_daily", "metrics/cohort_conversion", "quarantine/leads", "quarantine/activities"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dirty generated input directory (Parquet, text columns)."""
+    directory = tmp_path_factory.mktemp("input")
+    data = generate(600, seed=5, dirty=True, days=200)
+    write_inputs(directory, data.leads, data.activities, "parquet")
+    return directory
+
+
+def _read_all(output: Path) -> dict[str, pl.DataFrame]:
+    return {name: pl.read_parquet(output / name) for name in DATASETS}
+
+
+def test_flow_definitions_load() -> None:
+    """The flows and the deployment build import without a server."""
+    from flows.pipeline import backfill, nightly
+
+    assert nightly.name == "funnel-nightly" and backfill.name == "funnel-backfill"
+
+
+def test_deployment_schedule_and_parameters(tmp_path: Path) -> None:
+    """Served nightly at the config's cron, in the configured timezone, one run at a time."""
+    from flows.deployment import nightly_deployment
+
+    deployment = nightly_deployment(tmp_path / "in", tmp_path / "out", None, "Europe/Berlin")
+    schedule = deployment.schedules[0].schedule
+    assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert deployment.parameters == {"input_dir": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"),
+                                     "config_path": None, "timezone": "Europe/Berlin"}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_nightly_run_rerun_and_backfill(inputs: Path, tmp_path: Path) -> None:
+    """Spec columns and types; a rerun gives identical rows; a backfill's snapshot equals the nightly one."""
+    from flows.pipeline import backfill, nightly
+
+    out = tmp_path / "out"
+    summary = nightly(as_of=AS_OF, input_dir=str(inputs), output_dir=str(out))
+    first = _read_all(out)
+    assert first["snapshots"].columns == ["lead_id", "source", "stage", "owner_team", "stage_entered_at",
+                                          "days_in_stage", "engagement_score", "snapshot_date"]
+    assert first["transitions"].schema["transitioned_at"] == pl.Datetime("us", "UTC")
+    leads = summary.tables["leads"]
+    assert leads["read"] == leads["valid"] + leads["quarantined"] + leads["collapsed"]
+    manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert manifest["rows_written"]["snapshots"] == first["snapshots"].height
+    assert set(manifest) >= {"run_id", "flow", "as_of", "started_at", "ended_at", "config_hash", "code_version"}
+
+    nightly(as_of=AS_OF, input_dir=str(inputs), output_dir=str(out))
+    for name, frame in _read_all(out).items():
+        assert_frame_equal(frame, first[name], check_row_order=True), name
+
+    back = tmp_path / "back"
+    backfill(start=date(2026, 10, 20), end=AS_OF, input_dir=str(inputs), output_dir=str(back))
+    assert len(list((back / "snapshots").iterdir())) == 12
+    assert_frame_equal(pl.read_parquet(back / "snapshots" / f"snapshot_date={AS_OF}"),
+                       pl.read_parquet(out / "snapshots" / f"snapshot_date={AS_OF}"))
+    earlier = tmp_path / "earlier"
+    nightly(as_of=date(2026, 10, 25), input_dir=str(inputs), output_dir=str(earlier))
+    assert_frame_equal(pl.read_parquet(back / "snapshots" / "snapshot_date=2026-10-25"),
+                       pl.read_parquet(earlier / "snapshots" / "snapshot_date=2026-10-25"))
+    assert_frame_equal(pl.read_parquet(back / "metrics/daily_funnel" / "date=2026-10-25"),
+                       pl.read_parquet(earlier / "metrics/daily_funnel" / "date=2026-10-25"))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_berlin_backfill_across_end_of_dst(inputs: Path, tmp_path: Path) -> None:
+    """Day boundaries at local midnight: a transition at 23:30 UTC on 10-25 counts on 10-26 in Berlin."""
+    from flows.pipeline import backfill
+
+    out = tmp_path / "out"
+    backfill(start=date(2026, 10, 23), end=date(2026, 10, 27), input_dir=str(inputs), output_dir=str(out),
+             timezone="Europe/Berlin")
+    moves = pl.read_parquet(out / "transitions").with_columns(
+        day=pl.col("transitioned_at").dt.convert_time_zone("Europe/Berlin").dt.date())
+    for day in ("2026-10-24", "2026-10-25", "2026-10-26"):  # 2026-10-25 is the 25-hour day
+        entered = pl.read_parquet(out / "metrics/daily_funnel" / f"date={day}")["entered"].sum()
+        assert entered == moves.filter(pl.col("day") == date.fromisoformat(day)).height
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_second_run_on_same_output_is_refused(inputs: Path, tmp_path: Path) -> None:
+    """While one run holds the output location, another is refused at once."""
+    from flows.pipeline import nightly
+
+    store = OutputStore(tmp_path / "out")
+    with store.locked(), pytest.raises(RunLockedError, match="another funnel run"):
+        nightly(as_of=AS_OF, input_dir=str(inputs), output_dir=str(store.root))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_missing_input_fails_before_writing(tmp_path: Path) -> None:
+    """A missing file stops the run with a clear error and writes no dataset."""
+    from flows.pipeline import nightly
+
+    with pytest.raises(InputError, match=r"leads\.csv: missing"):
+        nightly(as_of=AS_OF, input_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "transitions").exists()
+
+
+def test_kill_during_writing_leaves_every_dataset_readable(tmp_path: Path) -> None:
+    """SIGKILL a real `funnel run` while it writes; every dataset is its old or new version."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    data = generate(20_000, seed=9, dirty=True, days=60)
+    write_inputs(inputs, data.leads, data.activities, "parquet")
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--as-of", str(AS_OF), "--input", str(inputs),
+           "--output", str(out)]
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    before = _read_all(out)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any((out / ".tmp").glob("*.parquet")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    after = _read_all(out)
+    for name in DATASETS:
+        assert after[name].height == before[name].height, name  # same input: old and new agree in size
+        assert (out / name).is_dir() and not (out / name / f"{PART}.tmp").exists()
