@@ -63,27 +63,69 @@ def _blank(expr: pl.Expr) -> pl.Expr:
     return expr.is_null() | (expr.str.strip_chars() == "")
 
 
-def parse_timestamp(name: str, dtype: pl.DataType) -> pl.Expr:
-    """A contract timestamp as UTC microseconds; null where the value is absent or invalid."""
-    if isinstance(dtype, pl.Datetime):
-        col = pl.col(name).dt.cast_time_unit("us")
-        if dtype.time_zone is None:
-            return col.dt.replace_time_zone("UTC")
-        return col.dt.convert_time_zone("UTC")
-    if isinstance(dtype, pl.Date):
-        return pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-    text = _text(name)
-    iso = pl.concat_str(text.str.slice(0, 10), pl.lit("T"), text.str.slice(11))
-    with_offset = (
-        pl.when(iso.str.ends_with("Z"))
-        .then(pl.concat_str(iso.str.strip_suffix("Z"), pl.lit("+00:00")))
-        .when(iso.str.contains(r"[+-][0-9]{2}:[0-9]{2}$"))
-        .then(iso)
-        .otherwise(pl.concat_str(iso, pl.lit("+00:00")))
+def _civil_fields(source: str) -> dict[str, pl.Expr]:
+    """Integer fields of a contract timestamp's fixed layout (null where not digits)."""
+    text = _text(source)
+
+    def digits(start: int, length: int) -> pl.Expr:
+        return text.str.slice(start, length).str.to_integer(strict=False)
+
+    tail = text.str.slice(-6)
+    return {
+        "_ok": text.str.contains(TIMESTAMP_PATTERN),
+        "_y": digits(0, 4), "_mo": digits(5, 2), "_d": digits(8, 2),
+        "_h": digits(11, 2), "_mi": digits(14, 2), "_s": digits(17, 2),
+        "_us": text.str.extract(r"^.{19}\.([0-9]{1,6})", 1).str.pad_end(6, "0").str.to_integer(strict=False),
+        "_sign": pl.when(tail.str.starts_with("-")).then(-1).when(tail.str.starts_with("+")).then(1).otherwise(0),
+        "_oh": tail.str.slice(1, 2).str.to_integer(strict=False),
+        "_om": tail.str.slice(4, 2).str.to_integer(strict=False),
+    }
+
+
+def _utc_from_fields() -> pl.Expr:
+    """UTC instant from the integer fields; null for impossible values (Feb 30, 25:00, +24:00)."""
+    y, mo, d = pl.col("_y"), pl.col("_mo"), pl.col("_d")
+    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    month_days = (
+        pl.when(mo == 2).then(28 + leap.cast(pl.Int64))
+        .when(mo.is_in([4, 6, 9, 11])).then(30)
+        .otherwise(31)
     )
-    parsed = with_offset.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="us",
-                                         time_zone="UTC")
-    return pl.when(text.str.contains(TIMESTAMP_PATTERN)).then(parsed)
+    has_offset = pl.col("_sign") != 0
+    valid = (
+        pl.col("_ok") & mo.is_between(1, 12) & d.is_between(1, month_days)
+        & pl.col("_h").is_between(0, 23) & pl.col("_mi").is_between(0, 59) & pl.col("_s").is_between(0, 59)
+        & (~has_offset | (pl.col("_oh").is_between(0, 23) & pl.col("_om").is_between(0, 59)))
+    )
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    yy = y - (mo <= 2).cast(pl.Int64)
+    era = yy // 400
+    yoe = yy - era * 400
+    doy = (153 * ((mo + 9) % 12) + 2) // 5 + d - 1
+    days = era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
+    offset_minutes = pl.when(has_offset).then(pl.col("_sign") * (pl.col("_oh") * 60 + pl.col("_om"))).otherwise(0)
+    micros = (
+        days * 86_400_000_000 + pl.col("_h") * 3_600_000_000 + pl.col("_mi") * 60_000_000
+        + pl.col("_s") * 1_000_000 + pl.col("_us").fill_null(0) - offset_minutes * 60_000_000
+    )
+    return pl.when(valid).then(micros).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+
+
+def with_timestamp(frame: pl.DataFrame, source: str, target: str) -> pl.DataFrame:
+    """Add `target`: the contract timestamp in `source` as UTC microseconds, null if absent or invalid.
+
+    Text is parsed by field arithmetic on its fixed layout, in two materialised steps: about
+    four times faster than `str.to_datetime` with a format on 20M values.
+    """
+    dtype = frame.schema[source]
+    if isinstance(dtype, pl.Datetime):
+        col = pl.col(source).dt.cast_time_unit("us")
+        utc = col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")
+        return frame.with_columns(utc.alias(target))
+    if isinstance(dtype, pl.Date):
+        return frame.with_columns(pl.col(source).cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(target))
+    fields = _civil_fields(source)
+    return frame.with_columns(**fields).with_columns(_utc_from_fields().alias(target)).drop(list(fields))
 
 
 def _normalised(name: str, case: str) -> pl.Expr:
@@ -122,35 +164,45 @@ def _quarantine_rows(raw: pl.DataFrame, columns: tuple[str, ...], reasons: pl.Da
     )
 
 
-def _collapse_exact(frame: pl.DataFrame, raw_columns: list[str]) -> tuple[pl.DataFrame, int]:
-    """Keep the first of rows identical in every original column."""
-    keep = frame.filter(pl.struct(raw_columns).is_first_distinct())
-    return keep, frame.height - keep.height
+def _rows_sharing(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+    """The rows whose `key` occurs more than once, in input order.
+
+    Candidates come from sorting a 64-bit hash of the key (20M string keys: ~1.6 s, where a
+    hash-table `is_duplicated` on the strings took ~5 s); the exact check runs on them alone.
+    """
+    hashed = frame.select(ROW, _h=pl.col(key).hash(0)).sort("_h")
+    same = (pl.col("_h") == pl.col("_h").shift(1)) | (pl.col("_h") == pl.col("_h").shift(-1))
+    candidates = hashed.filter(same.fill_null(False))[ROW]
+    return frame.filter(pl.col(ROW).is_in(candidates.implode())).filter(pl.col(key).is_duplicated())
+
+
+def _collapse_exact(frame: pl.DataFrame, raw_columns: list[str], key: str) -> tuple[pl.DataFrame, int]:
+    """Keep the first of rows identical in every original column (such rows share their key)."""
+    shared = _rows_sharing(frame, key)
+    copies = shared.filter(~pl.struct(raw_columns).is_first_distinct())[ROW]
+    if copies.is_empty():
+        return frame, 0
+    return frame.filter(~pl.col(ROW).is_in(copies.implode())), copies.len()
 
 
 def _with_lead_key_conflicts(frame: pl.DataFrame) -> pl.DataFrame:
     """Flag lead_id groups: superseded rows, or every row where no single latest exists.
 
-    A group_by plus join rather than window expressions: `.over` on a timezone-aware column
-    was quadratic here (1M leads: 200 s against 1 s).
+    A group_by and join, not `.over`: windows over the timezone-aware updated_at were
+    quadratic here (1M leads: 200 s).
     """
-    groups = (
-        frame.group_by("lead_id")
-        .agg(
-            _n=pl.len(),
-            _latest=pl.col("updated_at").max(),
-            _at_latest=(pl.col("updated_at") == pl.col("updated_at").max()).sum(),
-            _any_missing=pl.col("updated_at").is_null().any(),
-        )
-        .filter(pl.col("_n") > 1)
+    shared = _rows_sharing(frame, "lead_id")
+    groups = shared.group_by("lead_id").agg(
+        _latest=pl.col("updated_at").max(),
+        _no_single_latest=pl.col("updated_at").is_null().any()
+        | ((pl.col("updated_at") == pl.col("updated_at").max()).sum() > 1),
     )
-    conflict = pl.col("_n").is_not_null() & (pl.col("_any_missing") | (pl.col("_at_latest") > 1))
-    superseded = pl.col("_n").is_not_null() & ~conflict & (pl.col("updated_at") != pl.col("_latest"))
-    return (
-        frame.join(groups, on="lead_id", how="left", maintain_order="left")
-        .with_columns(duplicate_lead_id_conflict=conflict, duplicate_lead_id_superseded=superseded)
-        .drop("_n", "_latest", "_at_latest", "_any_missing")
+    flags = shared.join(groups, on="lead_id").select(
+        ROW,
+        duplicate_lead_id_conflict=pl.col("_no_single_latest"),
+        duplicate_lead_id_superseded=~pl.col("_no_single_latest") & (pl.col("updated_at") != pl.col("_latest")),
     )
+    return frame.join(flags, on=ROW, how="left", maintain_order="left")
 
 
 def _raw_columns(raw: pl.DataFrame, columns: tuple[str, ...]) -> list[str]:
@@ -170,9 +222,6 @@ def stage_leads(raw: pl.DataFrame, run_start: datetime) -> Staged:
         ROW,
         pl.all().exclude(ROW).name.prefix("_raw_"),
         _text("lead_id").str.strip_chars().alias("lead_id"),
-        parse_timestamp("created_at", schema["created_at"]).alias("created_at"),
-        opt("updated_at", parse_timestamp("updated_at", schema.get("updated_at", pl.String())),
-            pl.Datetime("us", "UTC")),
         opt("email", pl.when(~_blank(_text("email"))).then(_text("email"))),
         pl.coalesce(_normalised("source", "lower") if "source" in schema else pl.lit(None, pl.String),
                     pl.lit("unknown")).alias("source"),
@@ -182,6 +231,11 @@ def stage_leads(raw: pl.DataFrame, run_start: datetime) -> Staged:
         opt("employee_count", employee_text.str.to_integer(strict=False, dtype=pl.Int64)
             if employee_text is not None else pl.lit(None), pl.Int64()),
         opt("job_level", _normalised("job_level", "lower")),
+    )
+    parsed = with_timestamp(parsed, "_raw_created_at", "created_at")
+    parsed = (
+        with_timestamp(parsed, "_raw_updated_at", "updated_at") if "updated_at" in schema
+        else parsed.with_columns(updated_at=pl.lit(None, pl.Datetime("us", "UTC")))
     )
     flags: dict[str, pl.Expr] = {
         "lead_id_missing": _blank(pl.col("lead_id")),
@@ -198,7 +252,7 @@ def stage_leads(raw: pl.DataFrame, run_start: datetime) -> Staged:
             | pl.col("employee_count").is_null()
             | (pl.col("employee_count") < 0)
         )
-    return _finish(raw, parsed, flags, LEAD_COLUMNS, [_lead_duplicates])
+    return _finish(raw, parsed, flags, LEAD_COLUMNS, "lead_id", [_lead_duplicates])
 
 
 def _lead_duplicates(passed: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -206,13 +260,13 @@ def _lead_duplicates(passed: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
 
 
 def _activity_duplicates(passed: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-    repeated = passed.group_by("activity_id").len().filter(pl.col("len") > 1).select("activity_id")
-    flagged = passed.with_columns(duplicate_activity_id=pl.col("activity_id").is_in(repeated["activity_id"]))
+    repeated = _rows_sharing(passed, "activity_id")[ROW]
+    flagged = passed.with_columns(duplicate_activity_id=pl.col(ROW).is_in(repeated.implode()))
     return flagged, ["duplicate_activity_id"]
 
 
 def _finish(raw: pl.DataFrame, parsed: pl.DataFrame, flags: dict[str, pl.Expr],
-            columns: tuple[str, ...], later_rules: list[Rule]) -> Staged:
+            columns: tuple[str, ...], key: str, later_rules: list[Rule]) -> Staged:
     """Row rules, then the exact-duplicate collapse, then each later rule on what is left."""
     row_flags = list(flags)
     flagged = parsed.with_columns(**flags).with_columns(
@@ -221,7 +275,7 @@ def _finish(raw: pl.DataFrame, parsed: pl.DataFrame, flags: dict[str, pl.Expr],
     quarantined = [flagged.filter(pl.col("_bad")).select(ROW, reasons=_reasons(row_flags))]
 
     raw_cols = [f"_raw_{c}" for c in _raw_columns(raw, columns)]
-    passed, collapsed = _collapse_exact(flagged.filter(~pl.col("_bad")), raw_cols)
+    passed, collapsed = _collapse_exact(flagged.filter(~pl.col("_bad")), raw_cols, key)
     for rule in later_rules:
         checked, rule_flags = rule(passed)
         checked = checked.with_columns(_bad=pl.any_horizontal(pl.col(rule_flags).fill_null(False)))
@@ -241,15 +295,14 @@ def stage_activities(raw: pl.DataFrame, leads: pl.DataFrame, catalogue: tuple[st
                      run_start: datetime) -> Staged:
     """Validate raw activities against the catalogue and the valid leads."""
     raw = raw.select(_raw_columns(raw, ACTIVITY_COLUMNS)).with_row_index(ROW)
-    schema = raw.schema
     parsed = raw.select(
         ROW,
         pl.all().exclude(ROW).name.prefix("_raw_"),
         _text("activity_id").str.strip_chars().alias("activity_id"),
         _text("lead_id").str.strip_chars().alias("lead_id"),
-        parse_timestamp("occurred_at", schema["occurred_at"]).alias("occurred_at"),
         _normalised("activity_type", "lower").alias("activity_type"),
     )
+    parsed = with_timestamp(parsed, "_raw_occurred_at", "occurred_at")
     flags = {
         "activity_id_missing": _blank(pl.col("activity_id")),
         "lead_id_missing": _blank(pl.col("lead_id")),
@@ -267,4 +320,4 @@ def stage_activities(raw: pl.DataFrame, leads: pl.DataFrame, catalogue: tuple[st
             before_lead_created=pl.col("occurred_at") < pl.col("_lead_created_at"),
         ), ["lead_not_valid", "before_lead_created"]
 
-    return _finish(raw, parsed, flags, ACTIVITY_COLUMNS, [_activity_duplicates, references])
+    return _finish(raw, parsed, flags, ACTIVITY_COLUMNS, "activity_id", [_activity_duplicates, references])
