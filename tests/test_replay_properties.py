@@ -72,8 +72,10 @@ def _check(config: FunnelConfig, data: tuple[list[dict[str, Any]], list[dict[str
         "lead_id", "from_stage", "to_stage", "transitioned_at", "trigger", "activity_id").collect().rows()
     moves = reference_moves(leads, acts, config, as_of, fit)
     assert got == [(m.lead_id, m.from_stage, m.to_stage, m.at, m.trigger, m.activity_id) for m in moves]
+    whole_range = history.snapshots_dataset(as_of - timedelta(days=3), as_of).collect()
     for day in (as_of - timedelta(days=3), as_of):
         snap = history.snapshots_dataset(day, day).collect()
+        assert snap.equals(whole_range.filter(pl.col("snapshot_date") == day))
         want = reference_snapshot(moves, acts, config, day)
         assert {r[0]: r[1:] for r in snap.select(
             "lead_id", "stage", "stage_entered_at", "days_in_stage", "engagement_score").rows()} == want

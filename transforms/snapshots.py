@@ -7,7 +7,7 @@ is an explode of those states: a year of snapshots never repeats the replay or a
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -34,27 +34,38 @@ def stage_days(intervals: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
     )
 
 
-def _score_steps(activities: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
-    """Score changes by date: +points on the activity's local day, -points window days later."""
+def _score_steps(activities: pl.LazyFrame, start: date, config: FunnelConfig) -> pl.LazyFrame:
+    """Score changes by date: +points on the activity's local day, -points window days later.
+
+    Points from days before start - window + 1 have left the window by `start` (their + and -
+    both fall before it), so they are skipped.
+    """
     day = local_date("occurred_at", config.timezone)
+    first_day = start - timedelta(days=config.window_days - 1)
     daily = (
         activities.filter(pl.col("points") > 0)
-        .group_by(KEY, day.alias("date"))
+        .with_columns(day.alias("date"))
+        .filter(pl.col("date") >= first_day)
+        .group_by(KEY, "date")
         .agg(pl.col("points").sum().cast(pl.Int64).alias("delta"))
     )
     leaving = daily.select(KEY, pl.col("date") + pl.duration(days=config.window_days), -pl.col("delta"))
-    return pl.concat([daily, leaving]).group_by(KEY, "date").agg(pl.col("delta").sum())
+    # Points earned before `start` are lumped onto it: only the score from `start` on is asked for.
+    entering = daily.with_columns(pl.max_horizontal("date", pl.lit(start)).alias("date"))
+    return pl.concat([entering, leaving]).group_by(KEY, "date").agg(pl.col("delta").sum())
 
 
-def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame,
+def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame, start: date,
                     config: FunnelConfig) -> pl.LazyFrame:
-    """Per lead, date ranges over which stage, stage_entered_at and engagement are constant."""
-    stages = stage_days(intervals, config).select(
+    """Per lead, date ranges from `start` on over which stage, entry time and engagement are constant."""
+    stages = stage_days(intervals, config).filter(
+        pl.col("to_date").is_null() | (pl.col("to_date") >= start)).select(
         KEY, pl.col("from_date").alias("date"), "rank", "entered_at", pl.lit(0, pl.Int8).alias("_kind"))
-    scores = _score_steps(activities, config).with_columns(_kind=pl.lit(1, pl.Int8))
+    scores = _score_steps(activities, start, config).with_columns(_kind=pl.lit(1, pl.Int8))
     same_lead_next = (pl.col(KEY).shift(-1) == pl.col(KEY)).fill_null(False)
-    # Every lead's deltas sum to zero and its first row is its entry stage (activities never
-    # precede created_at), so a global cumulative sum and forward fill stay within the lead.
+    # Every lead's deltas sum to zero and its first row is a stage row (its first kept interval
+    # starts no later than `start` or than its first activity), so a global cumulative sum and
+    # forward fill stay within the lead.
     return (
         pl.concat([stages, scores], how="diagonal")
         .sort(KEY, "date", "_kind")
@@ -71,9 +82,10 @@ def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame,
     )
 
 
-def snapshots(states: pl.LazyFrame, leads: pl.LazyFrame, start: date, end: date,
+def snapshots(intervals: pl.LazyFrame, activities: pl.LazyFrame, leads: pl.LazyFrame, start: date, end: date,
               config: FunnelConfig) -> pl.LazyFrame:
     """The published snapshot rows of every date from start to end, in (date, lead_id) order."""
+    states = snapshot_states(intervals, activities, start, config)
     days = pl.date_range(start, end, eager=True).to_list()
     lo = pl.max_horizontal(pl.col("from_date"), pl.lit(start))
     hi = pl.min_horizontal(pl.col("to_date").fill_null(end), pl.lit(end))

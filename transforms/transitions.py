@@ -31,54 +31,70 @@ def keyed_leads(leads: pl.LazyFrame, config: FunnelConfig, boundary: datetime) -
     )
 
 
-def _lookup(mapping: dict[str, int], default: int | None) -> pl.Expr:
-    return pl.col("activity_type").replace_strict(
-        list(mapping), list(mapping.values()), default=default, return_dtype=pl.Int32
+def _rules_table(config: FunnelConfig) -> pl.LazyFrame:
+    """Per activity type of the catalogue: points, promotion rank and demotion rank."""
+    types = list(config.catalogue)
+    return pl.LazyFrame(
+        {
+            "activity_type": types,
+            "points": [config.points.get(t, 0) for t in types],
+            "_promo": [config.rank(config.promotions[t]) if t in config.promotions else None for t in types],
+            "_demo": [config.rank(config.demotions[t]) if t in config.demotions else None for t in types],
+        },
+        schema={"activity_type": pl.String, "points": pl.Int32, "_promo": pl.Int8, "_demo": pl.Int8},
     )
 
 
 def scored_activities(activities: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig,
                       boundary: datetime) -> pl.LazyFrame:
-    """Activities before the boundary, keyed and sorted, with points and score at each instant.
-
-    The score counts points in (t - window, t], every activity at the same instant included;
-    the window is window_days local calendar days in the configured timezone.
-    """
-    local = pl.col("occurred_at").dt.convert_time_zone(config.timezone)
+    """Activities before the boundary, keyed, in replay order, with points and their rules."""
     return (
         activities.filter(pl.col("occurred_at") < boundary)
         .join(leads.select(KEY, "lead_id", "fit"), on="lead_id", how="inner")
-        .with_columns(points=_lookup(dict(config.points), 0), _local=local)
+        .join(_rules_table(config), on="activity_type", how="left")
         .sort(KEY, "occurred_at", "activity_id")
-        .with_columns(
-            score=pl.col("points").rolling_sum_by("_local", f"{config.window_days}d", closed="right").over(KEY)
-        )
-        .drop("_local")
+    )
+
+
+def score_hits(scored: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """Row positions (in `scored`) where step 2 of the replay promotes by score.
+
+    The lead is fit, the activity has points, and the score at its instant, points in
+    (t - window, t] with every activity at that instant included, reaches the threshold. The
+    window is window_days local calendar days in the configured timezone. Only fit leads'
+    scoring rows can hit, so the rolling sum runs on those alone.
+    """
+    at = pl.col("occurred_at")
+    local = at if config.timezone == "UTC" else at.dt.convert_time_zone(config.timezone)
+    window = f"{config.window_days}d"
+    return (
+        scored.with_row_index("_i")
+        .filter(pl.col("fit") & (pl.col("points") > 0))
+        .select("_i", KEY, "points", local.alias("_local"))
+        .filter(pl.col("points").rolling_sum_by("_local", window, closed="right").over(KEY) >= config.mql_threshold)
+        .select("_i")
     )
 
 
 def replay(leads: pl.LazyFrame, activities: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
     """Every event (entries and scored activities) with the stage rank before and after it."""
     ranks = {s: config.rank(s) for s in config.stage_names}
-    promo = _lookup({a: ranks[s] for a, s in config.promotions.items()}, None)
-    demo = _lookup({a: ranks[s] for a, s in config.demotions.items()}, None)
     target = ranks[config.score_target]
     entries = leads.select(
         KEY, "lead_id", pl.col("created_at").alias("occurred_at"),
         pl.lit(None, pl.String).alias("activity_id"), pl.lit(None, pl.String).alias("activity_type"),
         pl.lit(ENTRY, pl.Int8).alias("_ord"),
     )
+    # Activities are already in (lead, time, activity_id) order and never precede their lead's
+    # entry, so a stable sort on (lead, entry-first) merges without comparing times or ids again.
     events = pl.concat(
         [entries, activities.select(KEY, "lead_id", "occurred_at", "activity_id", "activity_type",
-                                    pl.lit(ACTIVITY, pl.Int8).alias("_ord"),
-                                    promo.alias("_promo"), demo.alias("_demo"),
-                                    (pl.col("fit") & (pl.col("points") > 0)
-                                     & (pl.col("score") >= config.mql_threshold)).alias("_hit"))],
+                                    pl.lit(ACTIVITY, pl.Int8).alias("_ord"), "_promo", "_demo", "_hit")],
         how="diagonal",
-    ).sort(KEY, "occurred_at", "_ord", "activity_id")
+    ).sort(KEY, "_ord", maintain_order=True)
 
     entry = pl.col("_ord") == ENTRY
-    hit = pl.col("_hit").fill_null(False)
+    hit = pl.col("_hit").fill_null(False)  # entries have none
     indicators = []
     for k in range(1, len(ranks)):
         write = (
