@@ -134,27 +134,28 @@ def write_history(history: History, valid: Validated, store: OutputStore) -> dic
 
 @dataclass(frozen=True)
 class DailyMetrics:
-    """Daily metrics for a whole date range, computed once and split per date for writing."""
+    """Daily metrics and snapshot states for a whole date range, computed once, split per date."""
 
     daily_funnel: pl.DataFrame
     transitions_daily: pl.DataFrame
+    states: pl.DataFrame
 
 
 @task(cache_policy=NO_CACHE)
 def daily_metrics(history: History, start: date, end: date) -> DailyMetrics:
-    """daily_funnel and transitions_daily for every date of the range in one pass."""
+    """daily_funnel, transitions_daily and the snapshot states for every date of the range, once."""
     config = history.config
     funnel = daily_funnel(history.transitions.lazy(), history.intervals.lazy(), history.leads.lazy(),
                           start, end, config).collect()
     moves = transitions_daily(history.transitions.lazy(), start, end, config).collect()
-    return DailyMetrics(daily_funnel=funnel, transitions_daily=moves)
+    return DailyMetrics(daily_funnel=funnel, transitions_daily=moves, states=history.snapshot_states(start))
 
 
 @task(cache_policy=NO_CACHE)
 def write_day(history: History, metrics: DailyMetrics, day: date, store: OutputStore) -> dict[str, int]:
     """The date partitions of one day: snapshot, daily funnel, daily transitions."""
     parts: list[tuple[str, pl.DataFrame, Validator]] = [
-        ("snapshots", history.snapshots_dataset(day, day).collect(), SnapshotsModel.validate),
+        ("snapshots", history.snapshot_day(metrics.states, day).collect(), SnapshotsModel.validate),
         ("metrics/daily_funnel", metrics.daily_funnel.filter(pl.col("date") == day), DailyFunnelModel.validate),
         ("metrics/transitions_daily", metrics.transitions_daily.filter(pl.col("date") == day),
          TransitionsDailyModel.validate),

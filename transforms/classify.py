@@ -11,7 +11,7 @@ import polars as pl
 from transforms.calendar import boundary
 from transforms.config import FunnelConfig
 from transforms.milestones import milestones
-from transforms.snapshots import snapshots
+from transforms.snapshots import snapshot_day, snapshot_states, snapshots
 from transforms.stage_history import stage_history, stage_intervals
 from transforms.transitions import (
     keyed_leads,
@@ -48,11 +48,23 @@ class History:
         """Published milestones."""
         return milestones(self.transitions.lazy(), self.leads.lazy(), self.config)
 
+    def snapshot_states(self, start: date) -> pl.DataFrame:
+        """Per-lead step functions of stage and engagement from `start` on (see snapshots.py)."""
+        return snapshot_states(self.intervals.lazy(), self.points.lazy(), start, self.config).collect(engine=ENGINE)
+
+    def snapshot_day(self, states: pl.DataFrame, day: date) -> pl.LazyFrame:
+        """Published snapshot of one date, from states computed from a start on or before it."""
+        self._check_date(day)
+        return snapshot_day(states.lazy(), self.leads.lazy(), day, self.config)
+
     def snapshots_dataset(self, start: date, end: date) -> pl.LazyFrame:
         """Published snapshots for every date from start to end (end <= as_of)."""
-        if end > self.as_of:
-            raise ValueError(f"snapshot date {end} is after the history's as-of date {self.as_of}")
-        return snapshots(self.intervals.lazy(), self.points.lazy(), self.leads.lazy(), start, end, self.config)
+        self._check_date(end)
+        return snapshots(self.snapshot_states(start), self.leads.lazy(), start, end, self.config)
+
+    def _check_date(self, day: date) -> None:
+        if day > self.as_of:
+            raise ValueError(f"snapshot date {day} is after the history's as-of date {self.as_of}")
 
 
 def classify(leads: pl.LazyFrame, activities: pl.LazyFrame, config: FunnelConfig, as_of: date) -> History:

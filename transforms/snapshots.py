@@ -11,7 +11,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from transforms.calendar import boundaries, local_date
+from transforms.calendar import boundary, local_date
 from transforms.config import FunnelConfig
 from transforms.transitions import KEY, owner_team, stage_name
 
@@ -82,27 +82,30 @@ def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame, start: da
     )
 
 
-def snapshots(intervals: pl.LazyFrame, activities: pl.LazyFrame, leads: pl.LazyFrame, start: date, end: date,
-              config: FunnelConfig) -> pl.LazyFrame:
-    """The published snapshot rows of every date from start to end, in (date, lead_id) order."""
-    states = snapshot_states(intervals, activities, start, config)
-    days = pl.date_range(start, end, eager=True).to_list()
-    lo = pl.max_horizontal(pl.col("from_date"), pl.lit(start))
-    hi = pl.min_horizontal(pl.col("to_date").fill_null(end), pl.lit(end))
+def snapshot_day(states: pl.LazyFrame, leads: pl.LazyFrame, day: date, config: FunnelConfig) -> pl.LazyFrame:
+    """The published snapshot rows of one date, in lead_id order (states are in lead order)."""
+    cut = boundary(day, config.timezone)
+    covering = (pl.col("from_date") <= day) & (pl.col("to_date").is_null() | (pl.col("to_date") >= day))
     return (
-        states.filter((pl.col("from_date") <= end) & (pl.col("to_date").is_null() | (pl.col("to_date") >= start)))
-        .with_columns(snapshot_date=pl.date_ranges(lo, hi))
-        .explode("snapshot_date")
-        .join(boundaries(days, config.timezone), left_on="snapshot_date", right_on="date", how="left")
-        .join(leads.select(KEY, "lead_id", "source"), on=KEY, how="left")
-        .sort("snapshot_date", KEY)
+        states.filter(covering)
+        .join(leads.select(KEY, "lead_id", "source"), on=KEY, how="left", maintain_order="left")
         .select(
-            "snapshot_date", "lead_id", "source",
+            pl.lit(day).alias("snapshot_date"), "lead_id", "source",
             stage_name("rank", config).alias("stage"),
             owner_team("rank", config).alias("owner_team"),
             pl.col("entered_at").alias("stage_entered_at"),
-            ((pl.col("boundary") - pl.col("entered_at")).dt.total_microseconds() // US_PER_DAY)
+            ((pl.lit(cut) - pl.col("entered_at")).dt.total_microseconds() // US_PER_DAY)
             .cast(pl.Int32).alias("days_in_stage"),
             pl.col("score").cast(pl.Int32).alias("engagement_score"),
         )
     )
+
+
+def snapshots(states: pl.DataFrame, leads: pl.LazyFrame, start: date, end: date,
+              config: FunnelConfig) -> pl.LazyFrame:
+    """The published snapshot rows of every date from start to end, in (date, lead_id) order.
+
+    One filter of the states per date: no explode and no sort of the (large) result.
+    """
+    days = pl.date_range(start, end, eager=True).to_list()
+    return pl.concat([snapshot_day(states.lazy(), leads, day, config) for day in days])
