@@ -63,19 +63,16 @@ def _blank(expr: pl.Expr) -> pl.Expr:
     return expr.is_null() | (expr.str.strip_chars() == "")
 
 
-def _civil_fields(source: str) -> dict[str, pl.Expr]:
-    """Integer fields of a contract timestamp's fixed layout (null where not digits)."""
+def _timestamp_fields(source: str) -> dict[str, pl.Expr]:
+    """Parts of a contract timestamp: naive date-time, microseconds and UTC offset sign/hour/minute."""
     text = _text(source)
-
-    def digits(start: int, length: int) -> pl.Expr:
-        return text.str.slice(start, length).str.to_integer(strict=False)
-
-    tail = text.str.slice(-6)
+    rest = text.str.slice(19)
+    tail = rest.str.slice(-6)
     return {
-        "_ok": text.str.contains(TIMESTAMP_PATTERN),
-        "_y": digits(0, 4), "_mo": digits(5, 2), "_d": digits(8, 2),
-        "_h": digits(11, 2), "_mi": digits(14, 2), "_s": digits(17, 2),
-        "_us": text.str.extract(r"^.{19}\.([0-9]{1,6})", 1).str.pad_end(6, "0").str.to_integer(strict=False),
+        "_ok": text.str.contains(TIMESTAMP_PATTERN) & (text.str.slice(17, 1) != "6"),  # chrono takes :60
+        "_base": text.str.slice(0, 19).str.replace("T", " ", literal=True)
+        .str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"),
+        "_us": rest.str.extract(r"^\.([0-9]{1,6})", 1).str.pad_end(6, "0").str.to_integer(strict=False),
         "_sign": pl.when(tail.str.starts_with("-")).then(-1).when(tail.str.starts_with("+")).then(1).otherwise(0),
         "_oh": tail.str.slice(1, 2).str.to_integer(strict=False),
         "_om": tail.str.slice(4, 2).str.to_integer(strict=False),
@@ -83,39 +80,21 @@ def _civil_fields(source: str) -> dict[str, pl.Expr]:
 
 
 def _utc_from_fields() -> pl.Expr:
-    """UTC instant from the integer fields; null for impossible values (Feb 30, 25:00, +24:00)."""
-    y, mo, d = pl.col("_y"), pl.col("_mo"), pl.col("_d")
-    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
-    month_days = (
-        pl.when(mo == 2).then(28 + leap.cast(pl.Int64))
-        .when(mo.is_in([4, 6, 9, 11])).then(30)
-        .otherwise(31)
-    )
+    """UTC instant from the parts; null for impossible values (Feb 30, 25:00, +24:00)."""
     has_offset = pl.col("_sign") != 0
-    valid = (
-        pl.col("_ok") & mo.is_between(1, 12) & d.is_between(1, month_days)
-        & pl.col("_h").is_between(0, 23) & pl.col("_mi").is_between(0, 59) & pl.col("_s").is_between(0, 59)
-        & (~has_offset | (pl.col("_oh").is_between(0, 23) & pl.col("_om").is_between(0, 59)))
-    )
-    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
-    yy = y - (mo <= 2).cast(pl.Int64)
-    era = yy // 400
-    yoe = yy - era * 400
-    doy = (153 * ((mo + 9) % 12) + 2) // 5 + d - 1
-    days = era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
+    valid = pl.col("_ok") & pl.col("_base").is_not_null() & (
+        ~has_offset | (pl.col("_oh").is_between(0, 23) & pl.col("_om").is_between(0, 59)))
     offset_minutes = pl.when(has_offset).then(pl.col("_sign") * (pl.col("_oh") * 60 + pl.col("_om"))).otherwise(0)
-    micros = (
-        days * 86_400_000_000 + pl.col("_h") * 3_600_000_000 + pl.col("_mi") * 60_000_000
-        + pl.col("_s") * 1_000_000 + pl.col("_us").fill_null(0) - offset_minutes * 60_000_000
-    )
+    micros = pl.col("_base").cast(pl.Int64) + pl.col("_us").fill_null(0) - offset_minutes * 60_000_000
     return pl.when(valid).then(micros).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
 
 
 def with_timestamp(frame: pl.DataFrame, source: str, target: str) -> pl.DataFrame:
     """Add `target`: the contract timestamp in `source` as UTC microseconds, null if absent or invalid.
 
-    Text is parsed by field arithmetic on its fixed layout, in two materialised steps: about
-    four times faster than `str.to_datetime` with a format on 20M values.
+    Text is parsed in two materialised steps: the fixed first 19 characters with one
+    `str.to_datetime` format, then fraction and offset as integers. One format with optional
+    parts (`%.f%:z` after normalising) took three times as long on 20M values.
     """
     dtype = frame.schema[source]
     if isinstance(dtype, pl.Datetime):
@@ -124,7 +103,7 @@ def with_timestamp(frame: pl.DataFrame, source: str, target: str) -> pl.DataFram
         return frame.with_columns(utc.alias(target))
     if isinstance(dtype, pl.Date):
         return frame.with_columns(pl.col(source).cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(target))
-    fields = _civil_fields(source)
+    fields = _timestamp_fields(source)
     return frame.with_columns(**fields).with_columns(_utc_from_fields().alias(target)).drop(list(fields))
 
 
