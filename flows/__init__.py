@@ -10,5 +10,8 @@ for _key, _value in {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_LOG_PRINTS": "false",
+    # A fresh PREFECT_HOME migrates its SQLite database before the temporary server answers;
+    # on two busy cores that passed Prefect's 20 s default and failed the first run.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }.items():
     os.environ.setdefault(_key, _value)

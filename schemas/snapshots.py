@@ -1,6 +1,8 @@
 """Published snapshots: one row per lead per snapshot date."""
 
 import pandera.polars as pa
+import polars as pl
+from pandera.api.polars.types import PolarsData
 from pandera.engines import polars_engine as pe
 
 from schemas._types import UTC_US
@@ -19,6 +21,19 @@ class SnapshotsModel(pa.DataFrameModel):
     days_in_stage: pe.Int32 = pa.Field(ge=0, description="floor((T(D) - stage_entered_at) / 24h)")
     engagement_score: pe.Int32 = pa.Field(ge=0, description="Points of activities in [T(D) - window, T(D))")
 
+    @pa.dataframe_check
+    @classmethod
+    def strictly_in_natural_key_order(cls, data: PolarsData) -> pl.LazyFrame:
+        """Rows strictly ascend by (snapshot_date, lead_id): sorted, and so the key is unique.
+
+        Written as an order check because pandera's `unique` cost 0.6 s per 750k-row day,
+        more than computing and writing the day (a year's backfill validates 365 of them).
+        """
+        day, lead = pl.col("snapshot_date"), pl.col("lead_id")
+        prev_day, prev_lead = day.shift(1), lead.shift(1)
+        return data.lazyframe.select(
+            prev_day.is_null() | (day > prev_day) | ((day == prev_day) & (lead > prev_lead))
+        )
+
     class Config:
         strict = True
-        unique = ["snapshot_date", "lead_id"]

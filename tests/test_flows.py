@@ -133,13 +133,37 @@ def test_kill_during_writing_leaves_every_dataset_readable(tmp_path: Path) -> No
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     before = _read_all(out)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first_written = out / "transitions" / PART
+    old_version = first_written.stat().st_mtime_ns
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not any((out / ".tmp").glob("*.parquet")):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
+    while time.monotonic() < deadline and first_written.stat().st_mtime_ns == old_version:
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before it could be killed while writing"
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its temporary Prefect server, as a crash would
     proc.wait(timeout=30)
     after = _read_all(out)
     for name in DATASETS:
         assert after[name].height == before[name].height, name  # same input: old and new agree in size
         assert (out / name).is_dir() and not (out / name / f"{PART}.tmp").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_run_in_berlin_and_clear_failure(inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`funnel run --timezone Europe/Berlin` cuts days at local midnight; a failure is one line, exit 2."""
+    from flows.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--as-of", "2026-10-25", "--input", str(inputs), "--output", str(out),
+                 "--timezone", "Europe/Berlin"]) == 0
+    assert "funnel nightly 2026-10-25: done" in capsys.readouterr().out
+    boundary = pl.datetime(2026, 10, 25, 23, time_zone="UTC")  # 2026-10-26 00:00 CET, after the 25-hour day
+    moves = pl.read_parquet(out / "transitions")
+    assert moves["transitioned_at"].max() < pl.select(boundary).item()
+    snap = pl.read_parquet(out / "snapshots")
+    assert snap.height == moves.filter(pl.col("direction") == "entry").height
+    assert main(["run", "--input", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("funnel: ") and "leads.csv: missing" in err

@@ -97,3 +97,37 @@ def test_stock_and_flow_agree_across_dst_with_snapshots(custom_config: FunnelCon
     joined = funnel.filter(pl.col("in_stage") > 0).select("date", "source", "stage", "in_stage").sort(
         "date", "source", "stage")
     assert_frame_equal(joined, snaps.sort("date", "source", "stage"))
+
+
+def test_lead_sent_back_twice_and_a_skip(default_config: FunnelConfig) -> None:
+    """Daily stock and flow, daily transitions and milestones for two backward moves and a skip."""
+    from tests.example import ts
+
+    leads = pl.DataFrame({
+        "lead_id": ["L1", "L2"], "created_at": [ts("2025-05-01 09:00"), ts("2025-05-02 20:00")],
+        "source": ["blog", "blog"], "employee_count": [50, 50], "job_level": ["vp", "vp"],
+    }, schema_overrides={"created_at": pl.Datetime("us", "UTC")})
+    rows = [("a1", "L1", "2025-05-02 10:00", "sales_accepted"), ("a2", "L1", "2025-05-02 15:00", "sales_rejected"),
+            ("a3", "L1", "2025-05-03 10:00", "sales_accepted"), ("a4", "L1", "2025-05-03 12:00", "closed_lost"),
+            ("b1", "L2", "2025-05-03 08:00", "opportunity_created")]
+    acts = pl.DataFrame({"activity_id": [r[0] for r in rows], "lead_id": [r[1] for r in rows],
+                         "occurred_at": [ts(r[2]) for r in rows], "activity_type": [r[3] for r in rows]},
+                        schema_overrides={"occurred_at": pl.Datetime("us", "UTC")})
+    h = classify(leads.lazy(), acts.lazy(), default_config, date(2025, 5, 3))
+    funnel = daily_funnel(h.transitions.lazy(), h.intervals.lazy(), h.leads.lazy(), date(2025, 5, 1),
+                          date(2025, 5, 3), default_config).collect()
+    stages = ["lead", "mql", "sal", "sql", "closed_won"]
+    expected = pl.DataFrame({
+        "date": [date(2025, 5, d) for d in (1, 2, 3) for _ in stages],
+        "source": ["blog"] * 15, "stage": stages * 3,
+        "in_stage": [1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0],
+        "entered": [1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0],
+        "exited_forward": [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0],
+        "exited_backward": [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0],
+    })
+    assert_frame_equal(funnel, expected)
+    moves = transitions_daily(h.transitions.lazy(), date(2025, 5, 3), date(2025, 5, 3), default_config).collect()
+    assert moves.select("from_stage", "to_stage", "direction", "transitions", "median_hours_in_from_stage").rows() == [
+        ("lead", "sql", "forward", 1, 12.0), ("mql", "sal", "forward", 1, 19.0), ("sal", "mql", "backward", 1, 2.0)]
+    assert h.milestones_dataset().select("lead_id", "current_stage", "backward_moves").collect().rows() == [
+        ("L1", "mql", 2), ("L2", "sql", 0)]
