@@ -104,7 +104,7 @@ def _activity_arrays(rng: np.random.Generator, created: np.ndarray
     """Marketing engagement with bursts, quiet leads and shared instants, then sales events."""
     n = created.size
     propensity = rng.gamma(0.9, 1.0, n)  # near 0: quiet leads; the long tail: very active ones
-    n_mkt = rng.poisson(propensity * 23).astype(np.int64)
+    n_mkt = rng.poisson(propensity * 24.3).astype(np.int64)
     total = int(n_mkt.sum())
     lead = np.repeat(np.arange(n), n_mkt)
     u = rng.random(total)
