@@ -23,9 +23,11 @@ def _date(text: str) -> date:
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    from flows.pipeline import DEFAULT_INPUT, DEFAULT_OUTPUT
+    from flows.pipeline import DEFAULT_OUTPUT
 
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="directory with leads and activities")
+    parser.add_argument("--input", default=None,
+                        help="directory with leads and activities (CSV or Parquet), or a postgresql:// URI "
+                             "(password in FUNNEL_DB_PASSWORD); default: the config's source.uri, else data/sample")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location")
     parser.add_argument("--config", type=Path, default=None, help="funnel rules (TOML); shipped defaults if absent")
     parser.add_argument("--timezone", default=None, help="IANA zone; overrides the config's")
@@ -82,7 +84,7 @@ def _run(args: argparse.Namespace) -> None:
     from flows.pipeline import backfill, nightly
 
     started = time.perf_counter()
-    common = {"input_dir": str(args.input), "output_dir": str(args.output),
+    common = {"input_location": args.input, "output_dir": str(args.output),
               "config_path": str(args.config) if args.config else None, "timezone": args.timezone}
     if args.command == "run":
         summary = nightly(as_of=args.as_of, **common)

@@ -19,8 +19,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
-from flows.io import OutputStore, load_config, read_table
+from flows.io import OutputStore, TransientInputError, load_config, read_input
 from schemas.cohort_conversion import CohortConversionModel
 from schemas.daily_funnel import DailyFunnelModel
 from schemas.milestones import milestones_schema
@@ -30,7 +31,7 @@ from schemas.stage_history import StageHistoryModel
 from schemas.transitions import TransitionsModel
 from schemas.transitions_daily import TransitionsDailyModel
 from transforms.classify import History, classify
-from transforms.config import FunnelConfig
+from transforms.config import FunnelConfig, SourceConfig
 from transforms.metrics import cohort_conversion, daily_funnel, transitions_daily
 from transforms.milestones import milestone_columns
 from transforms.staging import Staged, stage_activities, stage_leads
@@ -86,10 +87,22 @@ def code_version() -> str:
     return f"{version}+g{commit}"
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def extract(input_dir: Path) -> Inputs:
-    """Read both input tables (retried: the only step that touches a flaky outside)."""
-    return Inputs(leads=read_table(input_dir, "leads"), activities=read_table(input_dir, "activities"))
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only reads that failed on the connection or the file system, not on wrong names."""
+    try:
+        state.result()
+    except (TransientInputError, OSError):
+        return True
+    except Exception:  # a final error (wrong table, column, password): fail at once
+        return False
+    return False
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_transient,
+      cache_policy=NO_CACHE)
+def extract(location: str, source: SourceConfig) -> Inputs:
+    """Read both input tables (retried with backoff: the only step that touches a flaky outside)."""
+    return Inputs(leads=read_input(location, "leads", source), activities=read_input(location, "activities", source))
 
 
 @task(cache_policy=NO_CACHE)
@@ -198,11 +211,12 @@ def _funnel_markdown(summary: RunSummary, history: History, metrics: DailyMetric
     return "\n".join(lines)
 
 
-def run_pipeline(flow_name: str, start: date | None, end: date | None, input_dir: Path, output_dir: Path,
+def run_pipeline(flow_name: str, start: date | None, end: date | None, input_location: str | None, output_dir: Path,
                  config_path: Path | None, timezone: str | None,
                  on_day: Callable[[date], None] | None = None) -> RunSummary:
     """Everything a run does; the two flows differ only in their date range."""
     config = load_config(config_path, timezone)  # refused before any data is read
+    location = input_location or config.source.uri or str(DEFAULT_INPUT)
     end = end or default_as_of(config.timezone)
     start = start or end
     if start > end:
@@ -213,7 +227,7 @@ def run_pipeline(flow_name: str, start: date | None, end: date | None, input_dir
                          as_of=end, start=start, output=output_dir)
     with store.locked():
         store.clear_tmp()
-        valid = validate(extract(input_dir), config, run_start)
+        valid = validate(extract(location, config.source), config, run_start)
         summary.tables = {"leads": _table_summary(valid.leads), "activities": _table_summary(valid.activities)}
         history = replay_history(valid, config, end)
         metrics = daily_metrics(history, start, end)
@@ -230,7 +244,7 @@ def run_pipeline(flow_name: str, start: date | None, end: date | None, input_dir
             "dates": {"start": start.isoformat(), "end": end.isoformat()},
             "started_at": run_start.isoformat(), "ended_at": datetime.now(UTC).isoformat(),
             "timezone": config.timezone, "config_hash": config.config_hash, "code_version": code_version(),
-            "input": str(input_dir), "tables": summary.tables, "rows_written": summary.written,
+            "input": location, "tables": summary.tables, "rows_written": summary.written,
         }
         store.write_manifest(summary.run_id, manifest)
     create_markdown_artifact(_funnel_markdown(summary, history, metrics), key="funnel-run",
@@ -249,17 +263,17 @@ def _date_runner() -> TaskRunner[PrefectFuture[Any]]:
 
 
 @flow(name="funnel-nightly", log_prints=False, task_runner=_date_runner())
-def nightly(as_of: date | None = None, input_dir: str = str(DEFAULT_INPUT), output_dir: str = str(DEFAULT_OUTPUT),
+def nightly(as_of: date | None = None, input_location: str | None = None, output_dir: str = str(DEFAULT_OUTPUT),
             config_path: str | None = None, timezone: str | None = None) -> RunSummary:
     """Recompute the whole history as of one date and write every dataset and its partitions."""
-    return run_pipeline("nightly", None, as_of, Path(input_dir), Path(output_dir),
+    return run_pipeline("nightly", None, as_of, input_location, Path(output_dir),
                         Path(config_path) if config_path else None, timezone)
 
 
 @flow(name="funnel-backfill", log_prints=False, task_runner=_date_runner())
-def backfill(start: date, end: date, input_dir: str = str(DEFAULT_INPUT), output_dir: str = str(DEFAULT_OUTPUT),
+def backfill(start: date, end: date, input_location: str | None = None, output_dir: str = str(DEFAULT_OUTPUT),
              config_path: str | None = None, timezone: str | None = None,
              on_day: Callable[[date], None] | None = None) -> RunSummary:
     """Write the partitions of every date from start to end from one history as of end."""
-    return run_pipeline("backfill", start, end, Path(input_dir), Path(output_dir),
+    return run_pipeline("backfill", start, end, input_location, Path(output_dir),
                         Path(config_path) if config_path else None, timezone, on_day)

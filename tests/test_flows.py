@@ -50,7 +50,7 @@ def test_deployment_schedule_and_parameters(tmp_path: Path) -> None:
     deployment = nightly_deployment(tmp_path / "in", tmp_path / "out", None, "Europe/Berlin")
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
-    assert deployment.parameters == {"input_dir": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"),
+    assert deployment.parameters == {"input_location": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"),
                                      "config_path": None, "timezone": "Europe/Berlin"}
 
 
@@ -60,7 +60,7 @@ def test_nightly_run_rerun_and_backfill(inputs: Path, tmp_path: Path) -> None:
     from flows.pipeline import backfill, nightly
 
     out = tmp_path / "out"
-    summary = nightly(as_of=AS_OF, input_dir=str(inputs), output_dir=str(out))
+    summary = nightly(as_of=AS_OF, input_location=str(inputs), output_dir=str(out))
     first = _read_all(out)
     assert first["snapshots"].columns == ["lead_id", "source", "stage", "owner_team", "stage_entered_at",
                                           "days_in_stage", "engagement_score", "snapshot_date"]
@@ -71,17 +71,17 @@ def test_nightly_run_rerun_and_backfill(inputs: Path, tmp_path: Path) -> None:
     assert manifest["rows_written"]["snapshots"] == first["snapshots"].height
     assert set(manifest) >= {"run_id", "flow", "as_of", "started_at", "ended_at", "config_hash", "code_version"}
 
-    nightly(as_of=AS_OF, input_dir=str(inputs), output_dir=str(out))
+    nightly(as_of=AS_OF, input_location=str(inputs), output_dir=str(out))
     for name, frame in _read_all(out).items():
         assert_frame_equal(frame, first[name], check_row_order=True), name
 
     back = tmp_path / "back"
-    backfill(start=date(2026, 10, 20), end=AS_OF, input_dir=str(inputs), output_dir=str(back))
+    backfill(start=date(2026, 10, 20), end=AS_OF, input_location=str(inputs), output_dir=str(back))
     assert len(list((back / "snapshots").iterdir())) == 12
     assert_frame_equal(pl.read_parquet(back / "snapshots" / f"snapshot_date={AS_OF}"),
                        pl.read_parquet(out / "snapshots" / f"snapshot_date={AS_OF}"))
     earlier = tmp_path / "earlier"
-    nightly(as_of=date(2026, 10, 25), input_dir=str(inputs), output_dir=str(earlier))
+    nightly(as_of=date(2026, 10, 25), input_location=str(inputs), output_dir=str(earlier))
     assert_frame_equal(pl.read_parquet(back / "snapshots" / "snapshot_date=2026-10-25"),
                        pl.read_parquet(earlier / "snapshots" / "snapshot_date=2026-10-25"))
     assert_frame_equal(pl.read_parquet(back / "metrics/daily_funnel" / "date=2026-10-25"),
@@ -94,7 +94,7 @@ def test_berlin_backfill_across_end_of_dst(inputs: Path, tmp_path: Path) -> None
     from flows.pipeline import backfill
 
     out = tmp_path / "out"
-    backfill(start=date(2026, 10, 23), end=date(2026, 10, 27), input_dir=str(inputs), output_dir=str(out),
+    backfill(start=date(2026, 10, 23), end=date(2026, 10, 27), input_location=str(inputs), output_dir=str(out),
              timezone="Europe/Berlin")
     moves = pl.read_parquet(out / "transitions").with_columns(
         day=pl.col("transitioned_at").dt.convert_time_zone("Europe/Berlin").dt.date())
@@ -110,7 +110,7 @@ def test_second_run_on_same_output_is_refused(inputs: Path, tmp_path: Path) -> N
 
     store = OutputStore(tmp_path / "out")
     with store.locked(), pytest.raises(RunLockedError, match="another funnel run"):
-        nightly(as_of=AS_OF, input_dir=str(inputs), output_dir=str(store.root))
+        nightly(as_of=AS_OF, input_location=str(inputs), output_dir=str(store.root))
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -119,7 +119,7 @@ def test_missing_input_fails_before_writing(tmp_path: Path) -> None:
     from flows.pipeline import nightly
 
     with pytest.raises(InputError, match=r"leads\.csv: missing"):
-        nightly(as_of=AS_OF, input_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+        nightly(as_of=AS_OF, input_location=str(tmp_path), output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out" / "transitions").exists()
 
 

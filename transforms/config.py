@@ -9,8 +9,11 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import polars as pl
+
+from schemas.rules import ACTIVITY_COLUMNS, LEAD_COLUMNS
 
 # Types of the validated leads table: the columns a fit predicate may use.
 LEAD_COLUMN_TYPES: dict[str, pl.DataType] = {
@@ -42,6 +45,35 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class TableSource:
+    """Where one input table comes from in a database: a table (or view) or a whole query."""
+
+    table: str
+    query: str | None
+    columns: Mapping[str, str]  # contract column -> source column, where the names differ
+
+    def sql(self) -> str:
+        """The SELECT that reads the table with contract column names."""
+        if self.query is not None:
+            base = f"({self.query}) AS source"
+        else:
+            base = ".".join(f'"{part}"' for part in self.table.split("."))
+        renames = ", ".join(f'"{src}" AS "{dst}"' for dst, src in self.columns.items())
+        return f"SELECT *{', ' + renames if renames else ''} FROM {base}"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A database input: its URI without password, and how each table is read."""
+
+    uri: str | None
+    password_env: str
+    password_secret: str | None
+    leads: TableSource
+    activities: TableSource
+
+
+@dataclass(frozen=True)
 class FunnelConfig:
     """Every rule of the funnel, loaded once and passed down."""
 
@@ -58,6 +90,7 @@ class FunnelConfig:
     terminal: tuple[str, ...]
     cohort_maturity_days: int
     schedule_cron: str
+    source: SourceConfig
     source_text: str
 
     @property
@@ -107,7 +140,7 @@ def _check_fit(fit: str) -> None:
 def parse_config(data: Mapping[str, Any]) -> FunnelConfig:
     """Validate a parsed TOML mapping into a FunnelConfig, or raise ConfigError."""
     known = {"timezone", "stages", "activities", "scoring", "promotions", "demotions",
-             "terminal", "cohorts", "schedule"}
+             "terminal", "cohorts", "schedule", "source"}
     unknown = sorted(set(data) - known)
     _require(not unknown, f"config: unknown key(s) {unknown}")
 
@@ -176,7 +209,43 @@ def parse_config(data: Mapping[str, Any]) -> FunnelConfig:
         terminal=terminal,
         cohort_maturity_days=maturity,
         schedule_cron=cron,
+        source=parse_source(_table(data, "source")),
         source_text=json.dumps(data, sort_keys=True, default=str),
+    )
+
+
+def database_uri_without_password(uri: str) -> str:
+    """Refuse a URI that carries a password: credentials never live in config or command lines."""
+    parsed = urlsplit(uri)
+    _require(parsed.scheme in ("postgresql", "postgres"), f"source: {parsed.scheme!r} is not a postgresql:// URI")
+    _require(parsed.password is None, "source: the database URI holds a password; put it in the environment "
+             "variable named by source.password_env (default FUNNEL_DB_PASSWORD) or a Prefect Secret block")
+    return uri
+
+
+def _table_source(raw: Mapping[str, Any], name: str, contract: tuple[str, ...]) -> TableSource:
+    columns = {str(k): str(v) for k, v in _table(raw, f"{name}_columns").items()}
+    unknown = sorted(set(columns) - set(contract))
+    _require(not unknown, f"config: source.{name}_columns names unknown column(s) {unknown} (known: {contract})")
+    query = raw.get(f"{name}_query")
+    return TableSource(table=str(raw.get(f"{name}_table", name)), query=str(query) if query else None,
+                       columns=columns)
+
+
+def parse_source(raw: Mapping[str, Any]) -> SourceConfig:
+    """The [source] table: a database input and its table mapping (all optional)."""
+    known = {"uri", "password_env", "password_secret", "leads_table", "leads_query", "leads_columns",
+             "activities_table", "activities_query", "activities_columns"}
+    unknown = sorted(set(raw) - known)
+    _require(not unknown, f"config: unknown key(s) in [source]: {unknown}")
+    uri = raw.get("uri")
+    secret = raw.get("password_secret")
+    return SourceConfig(
+        uri=database_uri_without_password(str(uri)) if uri else None,
+        password_env=str(raw.get("password_env", "FUNNEL_DB_PASSWORD")),
+        password_secret=str(secret) if secret else None,
+        leads=_table_source(raw, "leads", LEAD_COLUMNS),
+        activities=_table_source(raw, "activities", ACTIVITY_COLUMNS),
     )
 
 
