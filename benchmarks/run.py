@@ -67,7 +67,7 @@ from flows.io import OutputStore, load_config
 from flows.pipeline import daily_metrics, extract, replay_history, validate, write_day, write_history
 config, marks = load_config(None), {}
 t = time.perf_counter()
-raw = extract.fn(Path(sys.argv[1])); marks["extract"] = time.perf_counter() - t; t = time.perf_counter()
+raw = extract.fn(sys.argv[1], config.source); marks["extract"] = time.perf_counter() - t; t = time.perf_counter()
 valid = validate.fn(raw, config, datetime.now(UTC))
 marks["validate"] = time.perf_counter() - t; t = time.perf_counter()
 history = replay_history.fn(valid, config, date.fromisoformat(sys.argv[3]))

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--end", type=_date, required=True)
     _run_options(back)
 
+    report = sub.add_parser("report", help="render the HTML report again from existing outputs")
+    report.add_argument("--as-of", type=_date, default=None, help="as-of date (default: the latest run's)")
+    report.add_argument("--output", type=Path, default=None, help="output location (default: data/output)")
+    report.add_argument("--config", type=Path, default=None)
+    report.add_argument("--timezone", default=None)
+
     serve = sub.add_parser("serve", help="serve the nightly deployment on its cron schedule")
     serve.add_argument("--cron", default=None, help="cron (default: the config's schedule.cron)")
     _run_options(serve)
@@ -78,6 +84,7 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
         print(f"  {table:<11} read {counts['read']:>11,}  valid {counts['valid']:>11,}  "
               f"quarantined {counts['quarantined']:>9,}  collapsed {counts['collapsed']:>7,}")
     print(f"  wrote {sum(summary.written.values()):,} rows in {len(summary.written)} datasets to {summary.output}")
+    print(f"  report: {summary.report}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -96,6 +103,23 @@ def _run(args: argparse.Namespace) -> None:
             bar = progress.add_task("writing partitions", total=days)
             summary = backfill(start=args.start, end=args.end, on_day=lambda _d: progress.advance(bar), **common)
     _print_summary(summary, time.perf_counter() - started)
+
+
+def _report(args: argparse.Namespace) -> None:
+    import json
+
+    from flows.io import OutputStore, load_config
+    from flows.pipeline import DEFAULT_OUTPUT
+    from flows.report import write_report
+
+    store = OutputStore(args.output or DEFAULT_OUTPUT)
+    as_of = args.as_of
+    if as_of is None:
+        manifests = [json.loads(p.read_text()) for p in (store.root / "runs").glob("*.json")]
+        if not manifests:
+            raise ValueError(f"{store.root}: no runs yet; run `funnel run` first")
+        as_of = date.fromisoformat(max(manifests, key=lambda m: m["ended_at"])["as_of"])
+    print(f"report: {write_report(store, as_of, load_config(args.config, args.timezone))}")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -118,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             _generate(args)
         elif args.command == "serve":
             _serve(args)
+        elif args.command == "report":
+            _report(args)
         else:
             _run(args)
-    except (InputError, ConfigError, RunLockedError, ValueError) as exc:
+    except (InputError, ConfigError, RunLockedError, ValueError, FileNotFoundError) as exc:
         print(f"funnel: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

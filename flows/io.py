@@ -136,13 +136,17 @@ class OutputStore:
         """Replace one date partition; the partition column lives in the directory name."""
         return self.write_frame(frame.drop(PARTITIONED[name]), self.dataset_dir(name, day))
 
-    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> Path:
-        """Write a run manifest as runs/<run_id>.json, atomically."""
-        tmp = self._tmp(".json")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        target = self.root / "runs" / f"{run_id}.json"
+    def write_text(self, text: str, target: Path) -> Path:
+        """Atomically replace a text file under the output location."""
+        tmp = self._tmp(target.suffix)
+        tmp.write_text(text, encoding="utf-8")
         self._replace(tmp, target)
         return target
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> Path:
+        """Write a run manifest as runs/<run_id>.json, atomically."""
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        return self.write_text(text, self.root / "runs" / f"{run_id}.json")
 
     def clear_tmp(self) -> None:
         """Remove leftovers of a crashed run (they belong to no dataset)."""

@@ -22,6 +22,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows.io import OutputStore, TransientInputError, load_config, read_input
+from flows.report import write_report
 from schemas.cohort_conversion import CohortConversionModel
 from schemas.daily_funnel import DailyFunnelModel
 from schemas.milestones import milestones_schema
@@ -69,6 +70,7 @@ class RunSummary:
     output: Path
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     written: dict[str, int] = field(default_factory=dict)
+    report: Path | None = None
 
 
 def default_as_of(timezone: str) -> date:
@@ -247,6 +249,7 @@ def run_pipeline(flow_name: str, start: date | None, end: date | None, input_loc
             "input": location, "tables": summary.tables, "rows_written": summary.written,
         }
         store.write_manifest(summary.run_id, manifest)
+        summary.report = write_report(store, end, config)
     create_markdown_artifact(_funnel_markdown(summary, history, metrics), key="funnel-run",
                              description=f"Funnel as of {end}")
     return summary
