@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import polars as pl
 import psycopg
@@ -50,7 +51,7 @@ def main() -> None:
     _load(args.uri)
     out = {}
     for name, location in (("postgresql", args.uri), ("parquet", str(_input("1m")))):
-        wall, rss, text = _child(["python", "-c", READ, location])
+        wall, rss, text = _child([sys.executable, "-c", READ, location])
         seconds, rows = text.split()
         out[name] = {"rows": int(rows), "read_s": round(float(seconds), 1), "process_s": round(wall, 1),
                      "peak_rss_gb": round(rss, 2)}
