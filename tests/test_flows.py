@@ -90,7 +90,7 @@ def test_nightly_run_rerun_and_backfill(inputs: Path, tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_berlin_backfill_across_end_of_dst(inputs: Path, tmp_path: Path) -> None:
-    """Day boundaries at local midnight: a transition at 23:30 UTC on 10-25 counts on 10-26 in Berlin."""
+    """Day boundaries at local midnight: each day's entries are the transitions of that Berlin day."""
     from flows.pipeline import backfill
 
     out = tmp_path / "out"

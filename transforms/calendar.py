@@ -7,6 +7,8 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+US_PER_DAY = 86_400_000_000
+
 
 def day_start(day: date, timezone: str) -> datetime:
     """Local midnight starting `day`, as a UTC instant (DST days are 23 or 25 hours long)."""
@@ -22,11 +24,3 @@ def local_date(column: str | pl.Expr, timezone: str) -> pl.Expr:
     """The local calendar date of a UTC timestamp column."""
     expr = pl.col(column) if isinstance(column, str) else column
     return expr.dt.convert_time_zone(timezone).dt.date()
-
-
-def boundaries(days: list[date], timezone: str) -> pl.LazyFrame:
-    """A small table of dates and their boundaries T(D), computed like `boundary`."""
-    return pl.LazyFrame(
-        {"date": days, "boundary": [boundary(d, timezone) for d in days]},
-        schema={"date": pl.Date, "boundary": pl.Datetime("us", "UTC")},
-    )

@@ -10,13 +10,11 @@ from datetime import date
 
 import polars as pl
 
-from transforms.calendar import local_date
+from transforms.calendar import US_PER_DAY, local_date
 from transforms.config import FunnelConfig
 from transforms.snapshots import stage_days
 from transforms.transitions import stage_name
 
-US_PER_HOUR = 3_600_000_000
-US_PER_DAY = 24 * US_PER_HOUR
 COUNTS = ("in_stage", "entered", "exited_forward", "exited_backward")
 
 

@@ -11,11 +11,9 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from transforms.calendar import boundary, local_date
+from transforms.calendar import US_PER_DAY, boundary, local_date
 from transforms.config import FunnelConfig
 from transforms.transitions import KEY, owner_team, stage_name
-
-US_PER_DAY = 86_400_000_000
 
 
 def stage_days(intervals: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
