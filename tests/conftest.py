@@ -6,10 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import flows  # noqa: F401  (quiet Prefect settings before prefect loads)
 from flows.io import DEFAULT_CONFIG
 from transforms.config import FunnelConfig, parse_config_text
+
+# Tests never write into the working tree: no hypothesis example database in .hypothesis/.
+settings.register_profile("funnel", database=None)
+settings.load_profile("funnel")
 
 # Another company's funnel: an extra stage, recycling to lead, a short window, Berlin time.
 CUSTOM_CONFIG = """
