@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import flows  # noqa: F401  (quiet Prefect settings before prefect loads)
 from flows.io import DEFAULT_CONFIG
 from transforms.config import FunnelConfig, parse_config_text
 
-# Tests never write into the working tree: no hypothesis example database in .hypothesis/.
+# Tests never write into the working tree: no hypothesis example database, and its
+# constants cache goes to a temporary directory instead of .hypothesis/.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="funnel-hypothesis-"))
 settings.register_profile("funnel", database=None)
 settings.load_profile("funnel")
 
