@@ -135,9 +135,9 @@ def _quarantine_rows(raw: pl.DataFrame, columns: tuple[str, ...], reasons: pl.Da
     texts = [
         (_text(c) if c in raw.columns else pl.lit(None, pl.String)).alias(c) for c in columns
     ]
-    grouped = reasons.group_by(ROW).agg(pl.col("reasons").explode().unique(maintain_order=True))
+    # Each row is refused by exactly one stage of rules, so `reasons` has one row per ROW.
     return (
-        raw.join(grouped, on=ROW, how="inner")
+        raw.join(reasons, on=ROW, how="inner")
         .sort(ROW)
         .select(*texts, pl.col("reasons"))
     )
