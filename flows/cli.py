@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import date
@@ -10,6 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import flows  # noqa: F401  (quiet, telemetry-free Prefect settings before prefect loads)
+
+# In the terminal a failure is one line from `main`; Prefect's console handler would add the
+# task and flow tracebacks. They still reach the Prefect API (and UI) through its API handler.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 if TYPE_CHECKING:
     from flows.pipeline import RunSummary
