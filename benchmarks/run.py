@@ -1,6 +1,7 @@
 """The benchmark: nightly run and backfill at enterprise scale, phase by phase, against a floor.
 
 Usage: python -m benchmarks.run [--scales small,1m,2m] [--repeat 3] [--backfill-days 365]
+                                [--dask-scale 2m --dask-workers 2]
 
 Inputs are generated once per scale with `funnel generate` (Parquet) and cached under
 data/bench/. Every measurement runs in a fresh child process, whose wall time and peak RSS
@@ -140,7 +141,21 @@ def bench_backfill(scale: str, days: int) -> dict[str, Any]:
     return {"scale": scale, "days": days, "seconds": round(wall, 1), "peak_rss_gb": round(rss, 2)}
 
 
-def _table(results: list[dict[str, Any]], backfills: list[dict[str, Any]]) -> str:
+def bench_dask(scale: str, workers: int, single: dict[str, Any] | None) -> dict[str, Any]:
+    """`funnel run --workers N` as a whole process, with each worker process's peak RSS."""
+    directory = _input(scale)
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, rss, _ = _child([*FUNNEL, "run", "--as-of", AS_OF.isoformat(), "--input", str(directory),
+                               "--output", tmp, "--workers", str(workers)])
+        manifest = json.loads(next((Path(tmp) / "runs").glob("*.json")).read_text())
+    result = {"scale": scale, "workers": workers, "seconds": round(wall, 1), "driver_peak_rss_gb": round(rss, 2),
+              "worker_peak_rss_gb": manifest["execution"]["worker_peak_rss_gb"]}
+    if single is not None:
+        result |= {"single_process_s": single["funnel_run_s"], "single_process_peak_rss_gb": single["funnel_run_peak_rss_gb"]}
+    return result
+
+
+def _table(results: list[dict[str, Any]], backfills: list[dict[str, Any]], dask: list[dict[str, Any]]) -> str:
     lines = ["| scale | activities | extract | validate | classify | metrics | write | floor | funnel run | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -151,6 +166,11 @@ def _table(results: list[dict[str, Any]], backfills: list[dict[str, Any]]) -> st
     for b in backfills:
         lines.append(f"\nbackfill of {b['days']} days at {b['scale']}: {b['seconds']} s, "
                      f"peak RSS {b['peak_rss_gb']} GB")
+    for d in dask:
+        single = (f" (single process: {d['single_process_s']} s, peak RSS {d['single_process_peak_rss_gb']} GB)"
+                  if "single_process_s" in d else "")
+        lines.append(f"\nfunnel run --workers {d['workers']} at {d['scale']}: {d['seconds']} s, driver peak RSS "
+                     f"{d['driver_peak_rss_gb']} GB, worker peak RSS {d['worker_peak_rss_gb']} GB{single}")
     by_scale = {r["scale"]: r for r in results}
     if "1m" in by_scale and "2m" in by_scale:
         growth = by_scale["2m"]["funnel_run_s"] / by_scale["1m"]["funnel_run_s"]
@@ -164,6 +184,8 @@ def main() -> None:
     parser.add_argument("--scales", default="small,1m,2m")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backfill-days", default="30,365", help="comma-separated day counts at 1m; empty: none")
+    parser.add_argument("--dask-scale", default="", help="also run this scale on a local Dask cluster; empty: no")
+    parser.add_argument("--dask-workers", type=int, default=2)
     args = parser.parse_args()
     results = []
     for scale in args.scales.split(","):
@@ -174,13 +196,19 @@ def main() -> None:
     for days in filter(None, args.backfill_days.split(",")):
         print(f"backfill {days} days ...", flush=True)
         backfills.append(bench_backfill("1m", int(days)))
-    table = _table(results, backfills)
+    dask = []
+    if args.dask_scale:
+        print(f"dask {args.dask_scale} on {args.dask_workers} workers ...", flush=True)
+        single = next((r for r in results if r["scale"] == args.dask_scale), None)
+        dask.append(bench_dask(args.dask_scale, args.dask_workers, single))
+    table = _table(results, backfills, dask)
     print(table)
     out = BENCH / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                            "python": platform.python_version()},
-                               "results": results, "backfills": backfills, "table": table}, indent=2) + "\n")
+                               "results": results, "backfills": backfills, "dask": dask, "table": table},
+                              indent=2) + "\n")
     print(f"wrote {out}")
 
 

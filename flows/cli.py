@@ -15,6 +15,8 @@ import flows  # noqa: F401  (quiet, telemetry-free Prefect settings before prefe
 # In the terminal a failure is one line from `main`; Prefect's console handler would add the
 # task and flow tracebacks. They still reach the Prefect API (and UI) through its API handler.
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+# Dask's own warnings (a worker restarted, say) likewise stay out of a sharded run's terminal.
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 if TYPE_CHECKING:
     from flows.pipeline import RunSummary
@@ -36,6 +38,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location")
     parser.add_argument("--config", type=Path, default=None, help="funnel rules (TOML); shipped defaults if absent")
     parser.add_argument("--timezone", default=None, help="IANA zone; overrides the config's")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="shard the replay on a local Dask cluster of N processes (default: the config's "
+                             "dask.workers, else one process)")
+    parser.add_argument("--dask-address", default=None,
+                        help="shard the replay on an existing Dask cluster (tcp://host:port)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +104,8 @@ def _run(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     common = {"input_location": args.input, "output_dir": str(args.output),
-              "config_path": str(args.config) if args.config else None, "timezone": args.timezone}
+              "config_path": str(args.config) if args.config else None, "timezone": args.timezone,
+              "workers": args.workers, "dask_address": args.dask_address}
     if args.command == "run":
         summary = nightly(as_of=args.as_of, **common)
     else:
@@ -130,7 +138,8 @@ def _report(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from flows.deployment import nightly_deployment
 
-    deployment = nightly_deployment(args.input, args.output, args.config, args.timezone, args.cron)
+    deployment = nightly_deployment(args.input, args.output, args.config, args.timezone, args.cron,
+                                    args.workers, args.dask_address)
     from prefect import serve
 
     serve(deployment)
@@ -157,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("funnel: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # anything else failed the run: one line here, the traceback in Prefect
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        print(f"funnel: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,7 +51,10 @@ def test_deployment_schedule_and_parameters(tmp_path: Path) -> None:
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
     assert deployment.parameters == {"input_location": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"),
-                                     "config_path": None, "timezone": "Europe/Berlin"}
+                                     "config_path": None, "timezone": "Europe/Berlin", "workers": None,
+                                     "dask_address": None}
+    sharded = nightly_deployment(tmp_path / "in", tmp_path / "out", None, None, None, 4, "tcp://10.0.0.5:8786")
+    assert (sharded.parameters["workers"], sharded.parameters["dask_address"]) == (4, "tcp://10.0.0.5:8786")
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -74,6 +74,42 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class DaskConfig:
+    """Where a run's shards execute.
+
+    One process (workers 0, no address), a local Dask cluster of `workers` processes, or an
+    existing cluster at `address`. `shards` 0 means one per local worker, or
+    DEFAULT_REMOTE_SHARDS on an existing cluster.
+    """
+
+    workers: int = 0
+    address: str | None = None
+    shards: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run is sharded on Dask at all."""
+        return self.workers > 0 or self.address is not None
+
+    @property
+    def shard_count(self) -> int:
+        """How many shards the leads are split into."""
+        if self.shards > 0:
+            return self.shards
+        return self.workers if self.address is None else DEFAULT_REMOTE_SHARDS
+
+    def overridden(self, workers: int | None, address: str | None) -> DaskConfig:
+        """These settings with the command line's --workers / --dask-address applied."""
+        if workers is not None:
+            _require(workers >= 0, f"--workers {workers}: must be >= 0")
+        return DaskConfig(workers=self.workers if workers is None else workers,
+                          address=address or self.address, shards=self.shards)
+
+
+DEFAULT_REMOTE_SHARDS = 8
+
+
+@dataclass(frozen=True)
 class FunnelConfig:
     """Every rule of the funnel, loaded once and passed down."""
 
@@ -90,6 +126,7 @@ class FunnelConfig:
     terminal: tuple[str, ...]
     cohort_maturity_days: int
     schedule_cron: str
+    dask: DaskConfig
     source: SourceConfig
     source_text: str
 
@@ -140,7 +177,7 @@ def _check_fit(fit: str) -> None:
 def parse_config(data: Mapping[str, Any]) -> FunnelConfig:
     """Validate a parsed TOML mapping into a FunnelConfig, or raise ConfigError."""
     known = {"timezone", "stages", "activities", "scoring", "promotions", "demotions",
-             "terminal", "cohorts", "schedule", "source"}
+             "terminal", "cohorts", "schedule", "source", "dask"}
     unknown = sorted(set(data) - known)
     _require(not unknown, f"config: unknown key(s) {unknown}")
 
@@ -196,6 +233,7 @@ def parse_config(data: Mapping[str, Any]) -> FunnelConfig:
     _require(len(cron.split()) == 5, f"config: schedule.cron {cron!r} is not a five-field cron")
 
     return FunnelConfig(
+        dask=_dask(_table(data, "dask")),
         timezone=timezone,
         stages=tuple(stages),
         catalogue=catalogue,
@@ -212,6 +250,17 @@ def parse_config(data: Mapping[str, Any]) -> FunnelConfig:
         source=parse_source(_table(data, "source")),
         source_text=json.dumps(data, sort_keys=True, default=str),
     )
+
+
+def _dask(raw: Mapping[str, Any]) -> DaskConfig:
+    unknown = sorted(set(raw) - {"workers", "address", "shards"})
+    _require(not unknown, f"config: unknown key(s) in [dask]: {unknown}")
+    workers, shards = int(raw.get("workers", 0)), int(raw.get("shards", 0))
+    _require(workers >= 0 and shards >= 0, "config: dask.workers and dask.shards must be >= 0")
+    address = str(raw["address"]) if raw.get("address") else None
+    _require(address is None or address.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")),
+             f"config: dask.address {address!r} is not a Dask scheduler address (tcp://host:port)")
+    return DaskConfig(workers=workers, address=address, shards=shards)
 
 
 def database_uri_without_password(uri: str) -> str:

@@ -70,16 +70,52 @@ def daily_funnel(transitions: pl.LazyFrame, intervals: pl.LazyFrame, leads: pl.L
     )
 
 
-def transitions_daily(transitions: pl.LazyFrame, start: date, end: date, config: FunnelConfig) -> pl.LazyFrame:
-    """Non-entry transitions per (date, source, from, to, direction) with median time in from."""
+def combine_daily_funnel(parts: list[pl.DataFrame], config: FunnelConfig) -> pl.DataFrame:
+    """daily_funnel of all leads from the daily_funnel of disjoint sets of leads (shards).
+
+    Every count is additive, and each part's (date, source) rows are those with a lead of the
+    source created by the date, so their union is the whole grid.
+    """
+    rank = pl.col("stage").replace_strict(config.stage_names, list(range(len(config.stages))))
+    return (
+        pl.concat(parts)
+        .group_by("date", "source", "stage")
+        .agg(pl.col(c).sum() for c in COUNTS)
+        .sort("date", "source", rank)
+        .select("date", "source", "stage", *COUNTS)
+    )
+
+
+TRANSITION_KEYS = ["date", "source", "from_rank", "to_rank", "direction"]
+
+
+def transitions_daily_parts(transitions: pl.LazyFrame, start: date, end: date, config: FunnelConfig) -> pl.LazyFrame:
+    """Per (date, source, from, to, direction): the count and every hours_in_from_stage value.
+
+    The values, not their median, so that parts of disjoint leads combine into exact medians.
+    """
     day = local_date("transitioned_at", config.timezone).alias("date")
-    keys = ["date", "source", "from_rank", "to_rank", "direction"]
     return (
         transitions.filter(pl.col("direction") != "entry")
         .with_columns(day)
         .filter(pl.col("date").is_between(start, end))
+        .group_by(TRANSITION_KEYS)
+        .agg(transitions=pl.len().cast(pl.Int64), hours=pl.col("hours_in_from_stage"))
+    )
+
+
+def transitions_daily(transitions: pl.LazyFrame, start: date, end: date, config: FunnelConfig) -> pl.LazyFrame:
+    """Non-entry transitions per (date, source, from, to, direction) with median time in from."""
+    return combine_transitions_daily([transitions_daily_parts(transitions, start, end, config)], config)
+
+
+def combine_transitions_daily(parts: list[pl.LazyFrame], config: FunnelConfig) -> pl.LazyFrame:
+    """transitions_daily from the parts of one or more disjoint sets of leads."""
+    keys = TRANSITION_KEYS
+    return (
+        pl.concat(parts)
         .group_by(keys)
-        .agg(transitions=pl.len().cast(pl.Int64), median_hours_in_from_stage=pl.col("hours_in_from_stage").median())
+        .agg(pl.col("transitions").sum(), median_hours_in_from_stage=pl.col("hours").explode().median())
         .sort(keys)
         .select(
             "date", "source",
@@ -90,11 +126,10 @@ def transitions_daily(transitions: pl.LazyFrame, start: date, end: date, config:
     )
 
 
-def cohort_conversion(milestones: pl.LazyFrame, as_of: date, config: FunnelConfig) -> pl.LazyFrame:
-    """Conversion of each adjacent stage pair by local cohort month and source.
+def cohort_conversion_parts(milestones: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """Per (cohort month, source, stage pair): counts and every days-to-convert value.
 
-    Of the leads that first reached `from` in a month, how many first reached `to` by the
-    as-of boundary, and how fast (median days).
+    The values, not their median, so that parts of disjoint leads combine into exact medians.
     """
     names = config.stage_names
     firsts = ["created_at"] + [f"first_{s}_at" for s in names[1:]]
@@ -108,18 +143,38 @@ def cohort_conversion(milestones: pl.LazyFrame, as_of: date, config: FunnelConfi
             .agg(
                 entered=pl.len().cast(pl.Int64),
                 converted=end_at.is_not_null().sum().cast(pl.Int64),
-                median_days_to_convert=((end_at - start_at).dt.total_microseconds() / US_PER_DAY).median(),
+                days=((end_at - start_at).dt.total_microseconds() / US_PER_DAY).drop_nulls(),
             )
-            .with_columns(from_stage=pl.lit(names[i]), to_stage=pl.lit(names[i + 1]), _pair=pl.lit(i))
+            .with_columns(_pair=pl.lit(i))
         )
+    return pl.concat(pairs)
+
+
+def cohort_conversion(milestones: pl.LazyFrame, as_of: date, config: FunnelConfig) -> pl.LazyFrame:
+    """Conversion of each adjacent stage pair by local cohort month and source.
+
+    Of the leads that first reached `from` in a month, how many first reached `to` by the
+    as-of boundary, and how fast (median days).
+    """
+    return combine_cohort_conversion([cohort_conversion_parts(milestones, config)], as_of, config)
+
+
+def combine_cohort_conversion(parts: list[pl.LazyFrame], as_of: date, config: FunnelConfig) -> pl.LazyFrame:
+    """cohort_conversion from the parts of one or more disjoint sets of leads."""
+    names = config.stage_names
     # Mature once T(D) >= (end of cohort month) + maturity days, both local midnights.
     matures_on = pl.col("_month").dt.offset_by("1mo") + pl.duration(days=config.cohort_maturity_days)
     return (
-        pl.concat(pairs)
+        pl.concat(parts)
+        .group_by("_month", "source", "_pair")
+        .agg(pl.col("entered", "converted").sum(), median_days_to_convert=pl.col("days").explode().median())
         .sort("_month", "source", "_pair")
         .select(
             pl.col("_month").dt.strftime("%Y-%m").alias("cohort_month"),
-            "source", "from_stage", "to_stage", "entered", "converted",
+            "source",
+            pl.col("_pair").replace_strict(list(range(len(names) - 1)), names[:-1]).alias("from_stage"),
+            pl.col("_pair").replace_strict(list(range(len(names) - 1)), names[1:]).alias("to_stage"),
+            "entered", "converted",
             (pl.col("converted") / pl.col("entered")).alias("conversion_rate"),
             "median_days_to_convert",
             (pl.lit(as_of) + pl.duration(days=1) >= matures_on).alias("is_mature"),
