@@ -151,7 +151,8 @@ def bench_dask(scale: str, workers: int, single: dict[str, Any] | None) -> dict[
     result = {"scale": scale, "workers": workers, "seconds": round(wall, 1), "driver_peak_rss_gb": round(rss, 2),
               "worker_peak_rss_gb": manifest["execution"]["worker_peak_rss_gb"]}
     if single is not None:
-        result |= {"single_process_s": single["funnel_run_s"], "single_process_peak_rss_gb": single["funnel_run_peak_rss_gb"]}
+        result |= {"single_process_s": single["funnel_run_s"],
+                   "single_process_peak_rss_gb": single["funnel_run_peak_rss_gb"]}
     return result
 
 
