@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -99,8 +100,31 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
     print(f"  report: {summary.report}")
 
 
+def _start_temporary_api() -> threading.Thread | None:
+    """Start Prefect's temporary API server in the background, where no server is configured.
+
+    It takes seconds to come up (its own process imports and checks its database); started
+    first, it does so while this process imports Polars, pandera and the pipeline. The flow
+    finds it running and uses it.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-temporary-api", daemon=True)
+    thread.start()
+    return thread
+
+
 def _run(args: argparse.Namespace) -> None:
+    server = _start_temporary_api()
     from flows.pipeline import backfill, nightly
+
+    if server is not None:
+        server.join()
 
     started = time.perf_counter()
     common = {"input_location": args.input, "output_dir": str(args.output),

@@ -84,8 +84,20 @@ def replay_shard(shard: int, staging_root: str, config: FunnelConfig, as_of: dat
         reached=reached_counts(history.transitions, len(config.stages)),
         written=written,
         worker_pid=os.getpid(),
-        worker_peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+        worker_peak_rss_gb=_peak_rss_gb(),
     )
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of the calling process since it started its program (VmHWM).
+
+    Not getrusage's ru_maxrss: a worker spawned by fork and exec carries its parent's peak
+    there, because right after fork it maps every page of the parent.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1e6, 3)  # kB -> GB
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)  # no procfs: an upper bound
 
 
 def _api_url() -> str | None:

@@ -63,3 +63,20 @@ def test_timezone_override_changes_only_the_zone() -> None:
     berlin = load_config(None, "Europe/Berlin")
     assert berlin.timezone == "Europe/Berlin"
     assert (berlin.stages, berlin.points, berlin.fit) == (base.stages, base.points, base.fit)
+
+
+def test_dask_settings_from_config_and_command_line() -> None:
+    """[dask] picks the executor; --workers / --dask-address override it; bad values are refused."""
+    assert not load_config(None).dask.enabled
+    config = parse_config_text(CUSTOM_CONFIG + '\n[dask]\nworkers = 3\n')
+    assert (config.dask.enabled, config.dask.shard_count) == (True, 3)
+    remote = config.dask.overridden(None, "tcp://10.0.0.5:8786")
+    assert (remote.address, remote.shard_count) == ("tcp://10.0.0.5:8786", 8)
+    assert config.dask.overridden(0, None).enabled is False
+    assert parse_config_text(CUSTOM_CONFIG + '\n[dask]\nworkers = 2\nshards = 6\n').dask.shard_count == 6
+    with pytest.raises(ConfigError, match="not a Dask scheduler address"):
+        parse_config_text(CUSTOM_CONFIG + '\n[dask]\naddress = "10.0.0.5:8786"\n')
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config_text(CUSTOM_CONFIG + '\n[dask]\nthreads = 2\n')
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        parse_config_text(CUSTOM_CONFIG + '\n[dask]\nworkers = -1\n')
