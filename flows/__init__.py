@@ -1,6 +1,11 @@
 """Prefect flows and the `funnel` command: wiring and I/O only."""
 
 import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_INPUT = REPO / "data" / "sample"  # the shipped sample, so a bare `funnel run` works
+DEFAULT_OUTPUT = REPO / "data" / "output"  # git-ignored
 
 # Nothing outside this machine can be reached, and a nightly job should be quiet: telemetry
 # off, Prefect's own logging at WARNING unless the user asks for more. Set before prefect loads.

@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import flows  # noqa: F401  (quiet, telemetry-free Prefect settings before prefect loads)
+from flows import DEFAULT_OUTPUT  # first: quiet, telemetry-free Prefect settings before prefect loads
 
 # In the terminal a failure is one line from `main`; Prefect's console handler would add the
 # task and flow tracebacks. They still reach the Prefect API (and UI) through its API handler.
@@ -31,8 +31,6 @@ def _date(text: str) -> date:
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    from flows.pipeline import DEFAULT_OUTPUT
-
     parser.add_argument("--input", default=None,
                         help="directory with leads and activities (CSV or Parquet), or a postgresql:// URI "
                              "(password in FUNNEL_DB_PASSWORD); default: the config's source.uri, else data/sample")
@@ -119,8 +117,7 @@ def _start_temporary_api() -> threading.Thread | None:
     return thread
 
 
-def _run(args: argparse.Namespace) -> None:
-    server = _start_temporary_api()
+def _run(args: argparse.Namespace, server: threading.Thread | None) -> None:
     from flows.pipeline import backfill, nightly
 
     if server is not None:
@@ -146,7 +143,6 @@ def _report(args: argparse.Namespace) -> None:
     import json
 
     from flows.io import OutputStore, load_config
-    from flows.pipeline import DEFAULT_OUTPUT
     from flows.report import write_report
 
     store = OutputStore(args.output or DEFAULT_OUTPUT)
@@ -172,6 +168,7 @@ def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `funnel` console script."""
     args = _parser().parse_args(argv)
+    server = _start_temporary_api() if args.command in ("run", "backfill") else None
     from flows.io import InputError, RunLockedError
     from transforms.config import ConfigError
 
@@ -183,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             _report(args)
         else:
-            _run(args)
+            _run(args, server)
     except (InputError, ConfigError, RunLockedError, ValueError, FileNotFoundError) as exc:
         print(f"funnel: {exc}", file=sys.stderr)
         return 2

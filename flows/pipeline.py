@@ -21,6 +21,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows import DEFAULT_INPUT, DEFAULT_OUTPUT, REPO
 from flows.io import PARTITIONED, OutputStore, TransientInputError, load_config, read_input
 from flows.outputs import checked, cohort_frame, history_frames, metric_day_frames, snapshot_frame
 from flows.report import write_report
@@ -37,10 +38,6 @@ from transforms.metrics import (
 )
 from transforms.sharding import reached_counts
 from transforms.staging import Staged, stage_activities, stage_leads
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_INPUT = REPO / "data" / "sample"
-DEFAULT_OUTPUT = REPO / "data" / "output"
 
 
 @dataclass(frozen=True)
