@@ -291,9 +291,9 @@ def _with_password(uri: str, source: SourceConfig) -> str:
 def _read_batches(sql: str, uri: str) -> pl.DataFrame:
     """A query's rows, streamed as Arrow batches into a local Parquet file, then read from it.
 
-    The database read then needs no more memory than reading a Parquet input: one batch is in
-    flight while writing, and the table is read once from the file (20M activities: 1.90 GB
-    peak against 2.01 GB from Parquet; a whole-table read through connectorx took 3.95 GB).
+    The database read then needs about what reading a Parquet input needs: one batch is in
+    flight while writing, and the table is read once from the file (20M activities: 1.91 GB
+    peak against 1.87 GB from Parquet; a whole-table read through connectorx took 3.95 GB).
     The file (about 1 GB per 20M activities) lives in the system temporary directory
     (TMPDIR) and is removed after.
     """
