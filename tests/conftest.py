@@ -11,8 +11,9 @@ import pytest
 from hypothesis import settings
 
 import flows  # noqa: F401  (quiet Prefect settings before prefect loads)
-from flows.io import DEFAULT_CONFIG
+from flows.io import DEFAULT_CONFIG, write_inputs
 from transforms.config import FunnelConfig, parse_config_text
+from transforms.generate import generate
 
 # Tests never write into the working tree: no hypothesis example database, and its
 # constants cache goes to a temporary directory instead of .hypothesis/.
@@ -94,3 +95,10 @@ def prefect_server() -> Iterator[None]:
 def repo_root() -> Path:
     """The checkout, for tests that read shipped files."""
     return Path(__file__).resolve().parent.parent
+
+
+def dirty_input(directory: Path, leads: int, seed: int, days: int) -> Path:
+    """A generated dirty input directory: Parquet files with text columns, as a CRM export."""
+    data = generate(leads, seed=seed, dirty=True, days=days)
+    write_inputs(directory, data.leads, data.activities, "parquet")
+    return directory

@@ -14,8 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from flows.io import write_inputs
-from transforms.generate import generate
+from tests.conftest import dirty_input
 
 AS_OF = date(2026, 10, 31)
 DATASETS = ["transitions", "stage_history", "milestones", "snapshots", "metrics/daily_funnel",
@@ -41,10 +40,7 @@ def _assert_same_rows(got: dict[str, pl.DataFrame], want: dict[str, pl.DataFrame
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Dirty generated input (Parquet, text columns)."""
-    directory = tmp_path_factory.mktemp("input")
-    data = generate(1500, seed=17, dirty=True, days=200)
-    write_inputs(directory, data.leads, data.activities, "parquet")
-    return directory
+    return dirty_input(tmp_path_factory.mktemp("input"), 1500, seed=17, days=200)
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -102,10 +98,8 @@ def test_a_worker_killed_mid_run_leaves_outputs_whole(tmp_path: Path) -> None:
     previous version.
     """
     inputs, older, out, reference = tmp_path / "in", tmp_path / "older", tmp_path / "out", tmp_path / "reference"
-    data = generate(30_000, seed=3, dirty=True, days=120)
-    write_inputs(inputs, data.leads, data.activities, "parquet")
-    data = generate(2_000, seed=4, dirty=True, days=120)  # yesterday's export: other rows, same as-of
-    write_inputs(older, data.leads, data.activities, "parquet")
+    dirty_input(inputs, 30_000, seed=3, days=120)
+    dirty_input(older, 2_000, seed=4, days=120)  # yesterday's export: other rows, same as-of
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
     cli = [sys.executable, "-m", "flows.cli", "run", "--as-of", str(AS_OF)]
     subprocess.run([*cli, "--input", str(inputs), "--output", str(reference)], check=True, env=env,
@@ -135,3 +129,11 @@ def test_a_worker_killed_mid_run_leaves_outputs_whole(tmp_path: Path) -> None:
     else:
         assert err.count("\n") == 1 and err.startswith("funnel: "), err
         _assert_same_rows(_read_all(out), previous)
+
+
+def test_default_runs_do_not_import_dask() -> None:
+    """Without --workers or --dask-address nothing of Dask is loaded."""
+    code = ("import sys, flows.cli, flows.pipeline, flows.deployment; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'prefect_dask')))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert loaded.strip() == "[]"

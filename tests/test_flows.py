@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from flows.io import PART, InputError, OutputStore, RunLockedError, write_inputs
-from transforms.generate import generate
+from flows.io import PART, InputError, OutputStore, RunLockedError
+from tests.conftest import dirty_input
 
 AS_OF = date(2026, 10, 31)
 DATASETS = ["transitions", "stage_history", "milestones", "snapshots", "metrics/daily_funnel",
@@ -26,10 +26,7 @@ DATASETS = ["transitions", "stage_history", "milestones", "snapshots", "metrics/
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dirty generated input directory (Parquet, text columns)."""
-    directory = tmp_path_factory.mktemp("input")
-    data = generate(600, seed=5, dirty=True, days=200)
-    write_inputs(directory, data.leads, data.activities, "parquet")
-    return directory
+    return dirty_input(tmp_path_factory.mktemp("input"), 600, seed=5, days=200)
 
 
 def _read_all(output: Path) -> dict[str, pl.DataFrame]:
@@ -129,8 +126,7 @@ def test_missing_input_fails_before_writing(tmp_path: Path) -> None:
 def test_kill_during_writing_leaves_every_dataset_readable(tmp_path: Path) -> None:
     """SIGKILL a real `funnel run` while it writes; every dataset is its old or new version."""
     inputs, out = tmp_path / "in", tmp_path / "out"
-    data = generate(20_000, seed=9, dirty=True, days=60)
-    write_inputs(inputs, data.leads, data.activities, "parquet")
+    dirty_input(inputs, 20_000, seed=9, days=60)
     cmd = [sys.executable, "-m", "flows.cli", "run", "--as-of", str(AS_OF), "--input", str(inputs),
            "--output", str(out)]
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
