@@ -146,6 +146,10 @@ class OutputStore:
         """A store with the same layout under `.tmp/`, for the parts of a sharded run."""
         return OutputStore(self.root / ".tmp" / f"run-{run_id}")
 
+    def shard_input_dir(self, table: str, shard: int) -> Path:
+        """Where a sharded run keeps one shard's validated rows of an input table."""
+        return self.root / STAGED_INPUT / table / f"shard={shard}"
+
     def commit(self, staged: OutputStore) -> list[Path]:
         """Swap every dataset directory written in `staged` into place, each atomically.
 
@@ -166,6 +170,10 @@ class OutputStore:
     def write_partition(self, name: str, day: date, frame: pl.DataFrame) -> int:
         """Replace one date partition; the partition column lives in the directory name."""
         return self.write_frame(frame.drop(PARTITIONED[name]), self.dataset_dir(name, day))
+
+    def write_partition_part(self, name: str, day: date, frame: pl.DataFrame, part: int = 0) -> int:
+        """One part of a date partition in a staging area (see write_part)."""
+        return self.write_part(frame.drop(PARTITIONED[name]), self.dataset_dir(name, day), part)
 
     def write_text(self, text: str, target: Path) -> Path:
         """Atomically replace a text file under the output location."""

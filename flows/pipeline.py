@@ -22,7 +22,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows import DEFAULT_INPUT, DEFAULT_OUTPUT, REPO
-from flows.io import PARTITIONED, OutputStore, TransientInputError, load_config, read_input
+from flows.io import OutputStore, TransientInputError, load_config, read_input
 from flows.outputs import checked, cohort_frame, history_frames, metric_day_frames, snapshot_frame
 from flows.report import write_report
 from schemas.quarantine import ActivitiesQuarantineSchema, LeadsQuarantineSchema
@@ -267,7 +267,7 @@ def _sharded(valid: Validated, config: FunnelConfig, settings: DaskConfig, store
         _add(written, _write_quarantine(valid, staged, end, publish=False))
         for day in pl.date_range(start, end, eager=True).to_list():
             for name, frame in metric_day_frames(funnel, moves, day).items():
-                _add(written, {name: staged.write_part(frame.drop(PARTITIONED[name]), staged.dataset_dir(name, day))})
+                _add(written, {name: staged.write_partition_part(name, day, frame)})
             if on_day is not None:
                 on_day(day)
         store.commit(staged)

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import get_current_settings
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.io import PART, STAGED_INPUT, OutputStore
+from flows.io import OutputStore
 from flows.outputs import history_frames, snapshot_frame
 from transforms.classify import classify
 from transforms.config import DaskConfig, FunnelConfig
@@ -52,7 +52,7 @@ def stage_input(leads: pl.DataFrame, activities: pl.DataFrame, staged: OutputSto
         ids = frame.select(shard_of("lead_id", shards)).to_series()
         for shard in range(shards):
             part = frame.filter(ids == shard)
-            staged.write_part(part, staged.root / STAGED_INPUT / table / f"shard={shard}")
+            staged.write_part(part, staged.shard_input_dir(table, shard))
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -64,7 +64,7 @@ def replay_shard(shard: int, staging_root: str, config: FunnelConfig, as_of: dat
     worker, leaves one copy of its rows.
     """
     staged = OutputStore(Path(staging_root))
-    leads, activities = (pl.read_parquet(staged.root / STAGED_INPUT / table / f"shard={shard}" / PART)
+    leads, activities = (pl.read_parquet(staged.shard_input_dir(table, shard))
                          for table in ("leads", "activities"))
     history = classify(leads.lazy(), activities.lazy(), config, as_of)
     written = {}
@@ -74,8 +74,8 @@ def replay_shard(shard: int, staging_root: str, config: FunnelConfig, as_of: dat
     states = history.snapshot_states(start)
     written["snapshots"] = 0
     for day in pl.date_range(start, end, eager=True).to_list():
-        frame = snapshot_frame(history, states, day).drop("snapshot_date")
-        written["snapshots"] += staged.write_part(frame, staged.dataset_dir("snapshots", day), shard)
+        written["snapshots"] += staged.write_partition_part("snapshots", day, snapshot_frame(history, states, day),
+                                                            shard)
     return ShardResult(
         daily_funnel=daily_funnel(history.transitions.lazy(), history.intervals.lazy(), history.leads.lazy(),
                                   start, end, config).collect(),

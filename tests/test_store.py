@@ -30,7 +30,7 @@ def test_commit_replaces_each_dataset_directory_whole(tmp_path: Path, monkeypatc
     for part in range(3):
         staged.write_part(_frame(part + 1), staged.dataset_dir("transitions"), part)
         staged.write_part(_frame(2), staged.dataset_dir("snapshots", DAY), part)
-    staged.write_part(_frame(5), staged.root / STAGED_INPUT / "leads" / "shard=0")
+    staged.write_part(_frame(5), staged.shard_input_dir("leads", 0))
     committed = store.commit(staged)
     assert sorted(p.name for p in committed) == ["snapshot_date=2026-10-31", "transitions"]
     assert pl.read_parquet(store.dataset_dir("transitions")).height == 6
