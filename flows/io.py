@@ -127,12 +127,18 @@ class OutputStore:
         tmp.replace(target)
 
     def write_part(self, frame: pl.DataFrame, directory: Path, part: int = 0) -> int:
-        """Write one part file into a directory that is not yet published (a staging area)."""
+        """Write one part file into a directory that is not yet published (a staging area).
+
+        Written under a temporary name and renamed, so a shard that is rerun while a lost
+        worker may still be writing the same part never leaves a torn file.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"part-{part}.parquet"
-        frame.write_parquet(path, compression="zstd", statistics=True)
-        with open(path, "rb") as handle:
+        tmp = directory / f".{path.name}.{uuid.uuid4().hex}"
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        tmp.replace(path)
         return frame.height
 
     def write_frame(self, frame: pl.DataFrame, directory: Path) -> int:
@@ -159,6 +165,8 @@ class OutputStore:
         leaves = sorted({p.parent for p in staged.root.rglob("part-*.parquet")
                          if p.relative_to(staged.root).parts[0] != STAGED_INPUT})
         for leaf in leaves:
+            for stray in leaf.glob(".part-*"):  # a write that died before its rename
+                stray.unlink()
             _swap_in(leaf, self.root / leaf.relative_to(staged.root))
         shutil.rmtree(staged.root, ignore_errors=True)
         return [self.root / leaf.relative_to(staged.root) for leaf in leaves]

@@ -31,9 +31,11 @@ def test_commit_replaces_each_dataset_directory_whole(tmp_path: Path, monkeypatc
         staged.write_part(_frame(part + 1), staged.dataset_dir("transitions"), part)
         staged.write_part(_frame(2), staged.dataset_dir("snapshots", DAY), part)
     staged.write_part(_frame(5), staged.shard_input_dir("leads", 0))
+    (staged.dataset_dir("transitions") / ".part-1.parquet.0123abcd").write_bytes(b"torn")  # a dead writer's
     committed = store.commit(staged)
     assert sorted(p.name for p in committed) == ["snapshot_date=2026-10-31", "transitions"]
     assert pl.read_parquet(store.dataset_dir("transitions")).height == 6
+    assert not list(store.dataset_dir("transitions").glob(".part-*"))
     assert not staged.root.exists() and not (store.root / STAGED_INPUT).exists()
 
     store.write_frame(_frame(4), store.dataset_dir("transitions"))  # one process after three shards
