@@ -8,7 +8,7 @@ import pytest
 
 from flows.io import load_config
 from tests.conftest import CUSTOM_CONFIG
-from transforms.config import ConfigError, parse_config_text
+from transforms.config import ConfigError, DaskConfig, parse_config_text
 
 
 def test_shipped_defaults_match_the_spec() -> None:
@@ -73,6 +73,12 @@ def test_dask_settings_from_config_and_command_line() -> None:
     remote = config.dask.overridden(None, "tcp://10.0.0.5:8786")
     assert (remote.address, remote.shard_count) == ("tcp://10.0.0.5:8786", 8)
     assert config.dask.overridden(0, None).enabled is False
+    remote_config = parse_config_text(CUSTOM_CONFIG + '\n[dask]\naddress = "tcp://10.0.0.5:8786"\n')
+    assert remote_config.dask.overridden(2, None) == DaskConfig(workers=2)  # --workers means a local cluster
+    with pytest.raises(ConfigError, match="either --workers or --dask-address"):
+        config.dask.overridden(2, "tcp://10.0.0.5:8786")
+    with pytest.raises(ConfigError, match="not a Dask scheduler address"):
+        config.dask.overridden(None, "10.0.0.5:8786")
     assert parse_config_text(CUSTOM_CONFIG + '\n[dask]\nworkers = 2\nshards = 6\n').dask.shard_count == 6
     with pytest.raises(ConfigError, match="not a Dask scheduler address"):
         parse_config_text(CUSTOM_CONFIG + '\n[dask]\naddress = "10.0.0.5:8786"\n')

@@ -99,11 +99,14 @@ class DaskConfig:
         return self.workers if self.address is None else DEFAULT_REMOTE_SHARDS
 
     def overridden(self, workers: int | None, address: str | None) -> DaskConfig:
-        """These settings with the command line's --workers / --dask-address applied."""
+        """These settings with the command line's --workers / --dask-address, which replace them."""
+        _require(workers is None or address is None, "give either --workers or --dask-address, not both")
         if workers is not None:
             _require(workers >= 0, f"--workers {workers}: must be >= 0")
-        return DaskConfig(workers=self.workers if workers is None else workers,
-                          address=address or self.address, shards=self.shards)
+            return DaskConfig(workers=workers, address=None, shards=self.shards)
+        if address is not None:
+            return DaskConfig(workers=0, address=_dask_address(address, "--dask-address"), shards=self.shards)
+        return self
 
 
 DEFAULT_REMOTE_SHARDS = 8
@@ -257,10 +260,14 @@ def _dask(raw: Mapping[str, Any]) -> DaskConfig:
     _require(not unknown, f"config: unknown key(s) in [dask]: {unknown}")
     workers, shards = int(raw.get("workers", 0)), int(raw.get("shards", 0))
     _require(workers >= 0 and shards >= 0, "config: dask.workers and dask.shards must be >= 0")
-    address = str(raw["address"]) if raw.get("address") else None
-    _require(address is None or address.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")),
-             f"config: dask.address {address!r} is not a Dask scheduler address (tcp://host:port)")
+    address = _dask_address(str(raw["address"]), "config: dask.address") if raw.get("address") else None
     return DaskConfig(workers=workers, address=address, shards=shards)
+
+
+def _dask_address(address: str, where: str) -> str:
+    _require(address.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")),
+             f"{where} {address!r} is not a Dask scheduler address (tcp://host:port)")
+    return address
 
 
 def database_uri_without_password(uri: str) -> str:
