@@ -134,17 +134,11 @@ def _add(total: dict[str, int], rows: dict[str, int]) -> None:
         total[name] = total.get(name, 0) + count
 
 
-def _write_quarantine(valid: Validated, store: OutputStore, as_of: date, part: int = 0,
-                      publish: bool = True) -> dict[str, int]:
-    """Both tables' quarantined rows, checked; published now, or staged as one part."""
-    written = {}
-    for table, staged, schema in (("leads", valid.leads, LeadsQuarantineSchema),
-                                  ("activities", valid.activities, ActivitiesQuarantineSchema)):
-        frame = checked(schema.validate, staged.quarantine, f"quarantine/{table}")
-        directory = store.quarantine_dir(table, as_of)
-        written[f"quarantine/{table}"] = (store.write_frame(frame, directory) if publish
-                                          else store.write_part(frame, directory, part))
-    return written
+def _quarantine_frames(valid: Validated) -> dict[str, pl.DataFrame]:
+    """Both tables' quarantined rows, by table, checked."""
+    return {table: checked(schema.validate, staged.quarantine, f"quarantine/{table}")
+            for table, staged, schema in (("leads", valid.leads, LeadsQuarantineSchema),
+                                          ("activities", valid.activities, ActivitiesQuarantineSchema))}
 
 
 @task(cache_policy=NO_CACHE)
@@ -154,7 +148,9 @@ def write_history(history: History, valid: Validated, store: OutputStore) -> dic
     frames["metrics/cohort_conversion"] = cohort_frame(
         cohort_conversion(frames["milestones"].lazy(), history.as_of, history.config).collect())
     written = {name: store.write_dataset(name, frame) for name, frame in frames.items()}
-    return written | _write_quarantine(valid, store, history.as_of)
+    for table, frame in _quarantine_frames(valid).items():
+        written[f"quarantine/{table}"] = store.write_frame(frame, store.quarantine_dir(table, history.as_of))
+    return written
 
 
 @dataclass(frozen=True)
@@ -264,7 +260,8 @@ def _sharded(valid: Validated, config: FunnelConfig, settings: DaskConfig, store
                                                         config).collect())
         cohort_dir = staged.dataset_dir("metrics/cohort_conversion")
         written["metrics/cohort_conversion"] = staged.write_part(cohort, cohort_dir)
-        _add(written, _write_quarantine(valid, staged, end, publish=False))
+        for table, frame in _quarantine_frames(valid).items():
+            written[f"quarantine/{table}"] = staged.write_part(frame, staged.quarantine_dir(table, end))
         for day in pl.date_range(start, end, eager=True).to_list():
             for name, frame in metric_day_frames(funnel, moves, day).items():
                 _add(written, {name: staged.write_partition_part(name, day, frame)})
