@@ -11,9 +11,9 @@ import pytest
 from hypothesis import settings
 
 import flows  # noqa: F401  (quiet Prefect settings before prefect loads)
-from flows.io import DEFAULT_CONFIG, write_inputs
-from transforms.config import FunnelConfig, parse_config_text
-from transforms.generate import generate
+from flows.settings import DEFAULT_CONFIG, parse_settings_text
+from synthetic.generate import generate, write_inputs
+from transforms.rules import FunnelConfig
 
 # Tests never write into the working tree: no hypothesis example database, and its
 # constants cache goes to a temporary directory instead of .hypothesis/.
@@ -73,13 +73,13 @@ maturity_days = 30
 @pytest.fixture(scope="session")
 def default_config() -> FunnelConfig:
     """The shipped defaults."""
-    return parse_config_text(DEFAULT_CONFIG.read_text())
+    return parse_settings_text(DEFAULT_CONFIG.read_text()).rules
 
 
 @pytest.fixture(scope="session")
 def custom_config() -> FunnelConfig:
     """A non-default funnel."""
-    return parse_config_text(CUSTOM_CONFIG)
+    return parse_settings_text(CUSTOM_CONFIG).rules
 
 
 @pytest.fixture(scope="session")
