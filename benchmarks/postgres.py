@@ -13,22 +13,22 @@ import sys
 import polars as pl
 import psycopg
 
-from benchmarks.run import _child, _input
+from benchmarks.run import _child, typed_input
 
 SCHEMA = "funnel_bench"
 READ = """
 import sys, time
 from pathlib import Path
-from flows.io import read_input
-from transforms.config import parse_source
+from flows.inputs import read_input
+from flows.settings import parse_source
 t = time.perf_counter()
-frame = read_input(sys.argv[1], "activities", parse_source({"activities_table": "funnel_bench.activities"}))
+frame = read_input(sys.argv[1], "activities", parse_source({"activities_table": "funnel_bench.activities"})).frame
 print(time.perf_counter() - t, frame.height)
 """
 
 
 def _load(uri: str) -> None:
-    directory = _input("1m")
+    directory = typed_input("1m")
     with psycopg.connect(uri, autocommit=True) as conn:
         exists = conn.execute("SELECT to_regclass('funnel_bench.activities') IS NOT NULL").fetchone()
         if exists and exists[0]:
@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     _load(args.uri)
     out = {}
-    for name, location in (("postgresql", args.uri), ("parquet", str(_input("1m")))):
-        wall, rss, text = _child([sys.executable, "-c", READ, location])
+    for name, location in (("postgresql", args.uri), ("parquet", str(typed_input("1m")))):
+        wall, rss, text = _child([sys.executable, "-c", READ, location], None)
         seconds, rows = text.split()
         out[name] = {"rows": int(rows), "read_s": round(float(seconds), 1), "process_s": round(wall, 1),
                      "peak_rss_gb": round(rss, 2)}

@@ -17,6 +17,9 @@ class ActivitiesModel(pa.DataFrameModel):
                                         description="When it happened (UTC), not before the lead's created_at")
     activity_type: str = pa.Field(str_matches=NAME_PATTERN,
                                   description="Trimmed, lower-cased type from the configured catalogue")
+    owner_id: str | None = pa.Field(nullable=True, str_length={"min_value": 1},
+                                    description="Who on the team has the lead, for an assignment activity: "
+                                    "trimmed, case kept; null when absent or empty")
 
     class Config:
         strict = True

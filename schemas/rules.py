@@ -17,5 +17,15 @@ DIRECTIONS = ("entry", "forward", "backward")
 LEAD_COLUMNS = ("lead_id", "created_at", "updated_at", "email", "source", "company", "industry",
                 "country", "employee_count", "job_level")
 LEAD_REQUIRED = ("lead_id", "created_at")
-ACTIVITY_COLUMNS = ("activity_id", "lead_id", "occurred_at", "activity_type")
-ACTIVITY_REQUIRED = ACTIVITY_COLUMNS
+ACTIVITY_COLUMNS = ("activity_id", "lead_id", "occurred_at", "activity_type", "owner_id")
+ACTIVITY_REQUIRED = ("activity_id", "lead_id", "occurred_at", "activity_type")
+
+# What each contract column holds; it decides which input types can hold it (typed Parquet and
+# database columns) and how its value is read. Every other contract column is free text.
+ID_COLUMNS = ("lead_id", "activity_id")
+TIMESTAMP_COLUMNS = ("created_at", "updated_at", "occurred_at")
+COUNT_COLUMNS = ("employee_count",)
+# Typed timestamps must lie in the range the text form can spell from 1970 on: [1970, 10000).
+MIN_TIMESTAMP_US = 0
+END_TIMESTAMP_US = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z
+REDACTED = "<redacted>"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -14,9 +16,11 @@ import psycopg
 import pytest
 from polars.testing import assert_frame_equal
 
-from flows.io import InputError, read_database_table, write_inputs
-from transforms.config import ConfigError, SourceConfig, parse_config_text, parse_source
-from transforms.generate import generate
+from flows.inputs import InputError, TransientInputError, read_database_table
+from flows.settings import SourceConfig, parse_settings_text, parse_source
+from synthetic.generate import generate, write_inputs
+from transforms.rules import ConfigError
+from transforms.validation import validate_leads
 
 PG = os.environ.get("FUNNEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = f"funnel_test_{os.getpid()}"
@@ -88,13 +92,71 @@ def test_missing_table_wrong_user_and_password_in_uri(database: Path) -> None:
         read_database_table(PG, "leads", _source(leads_table=f"{SCHEMA}.nope"))
     with pytest.raises(InputError, match='role "nobody_here" does not exist'):
         read_database_table("postgresql://nobody_here@127.0.0.1:5432/test", "leads", _source())
-    with pytest.raises(ConfigError, match="holds a password"):
+    with pytest.raises(ConfigError, match="holds a credential"):
         read_database_table("postgresql://postgres:secret@127.0.0.1:5432/test", "leads", _source())
-    with pytest.raises(ConfigError, match="holds a password"):
-        parse_config_text((Path(__file__).parent.parent / "flows" / "default_config.toml").read_text()
+    with pytest.raises(ConfigError, match="holds a credential"):
+        parse_settings_text((Path(__file__).parent.parent / "flows" / "default_config.toml").read_text()
                           + '\n[source]\nuri = "postgresql://u:pw@localhost/db"\n')
     with pytest.raises(InputError, match="missing required column 'lead_id'"):
         read_database_table(PG, "leads", parse_source({"leads_table": f"{SCHEMA}.crm_leads"}))
+
+
+def test_typed_columns_numeric_uuid_and_infinity(database: Path) -> None:
+    """Numeric becomes a decimal (Float64 where NaN), uuid its text; -infinity and 0001 are invalid rows."""
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f"""CREATE TABLE {SCHEMA}.typed AS SELECT * FROM (VALUES
+            ('00000000-0000-0000-0000-000000000001'::uuid, '2025-01-01 10:00+02'::timestamptz,
+             12.00::numeric(10, 2), 12::numeric, 'NaN'::numeric, 'a'::text),
+            ('0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0', '-infinity', 12.5, 5, 1, 'b'),
+            ('0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1', '0001-01-01 00:00+00', NULL, NULL, 2, 'c'))
+            AS t(lead_id, created_at, employee_count, whole, with_nan, source)""")
+    frame = read_database_table(PG, "leads", _source(leads_query=f"SELECT * FROM {SCHEMA}.typed"))
+    assert frame.schema["created_at"] == pl.Datetime("us", "UTC")
+    assert frame.schema["employee_count"] == pl.Decimal(38, 2)
+    assert frame["lead_id"].to_list() == ["00000000-0000-0000-0000-000000000001",
+                                          "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+                                          "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1"]
+    assert frame["employee_count"].to_list() == [Decimal("12.00"), Decimal("12.50"), None]
+    staged = validate_leads(frame, datetime(2026, 1, 1, tzinfo=UTC))
+    expected = pl.DataFrame({"lead_id": ["00000000-0000-0000-0000-000000000001"],
+                             "created_at": [datetime(2025, 1, 1, 8, tzinfo=UTC)], "employee_count": [12]},
+                            schema_overrides={"created_at": pl.Datetime("us", "UTC")})
+    assert_frame_equal(staged.valid.select(expected.columns), expected)
+    assert staged.quarantine.select("created_at", "employee_count", "reasons").rows() == [
+        ("-infinity", "12.50", ["created_at_invalid", "employee_count_invalid"]),
+        ("0001-01-01 00:00:00.000000+00:00", None, ["created_at_invalid"])]
+    whole = read_database_table(PG, "leads", _source(
+        leads_query=f"SELECT lead_id, created_at, whole AS employee_count FROM {SCHEMA}.typed"))
+    assert whole.schema["employee_count"] == pl.Decimal(38, 0)
+    nan = read_database_table(PG, "leads", _source(
+        leads_query=f"SELECT lead_id, created_at, with_nan AS employee_count FROM {SCHEMA}.typed"))
+    assert nan.schema["employee_count"] == pl.Float64
+    assert validate_leads(nan, datetime(2026, 1, 1, tzinfo=UTC)).quarantine["reasons"].to_list()[0] == [
+        "employee_count_invalid"]
+
+
+def test_wrong_column_type_in_database_fails_in_one_line(database: Path) -> None:
+    """A boolean email from a query fails before anything is written, naming table, column and type."""
+    with pytest.raises(InputError, match=r"leads\.email has type Boolean, which cannot hold text"):
+        read_database_table(PG, "leads", _source(
+            leads_query=f"SELECT lead_id, created_at, true AS email FROM {SCHEMA}.leads"))
+
+
+def test_silent_server_fails_within_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts TCP and never answers fails in about connect_timeout_s, one line, no password."""
+    monkeypatch.setenv("FUNNEL_DB_PASSWORD", "s3cret-Pa55")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)  # the kernel accepts the connection; nobody ever reads or answers
+        uri = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/test"
+        started = time.monotonic()
+        with pytest.raises(TransientInputError, match="timeout expired") as err:
+            read_database_table(uri, "leads", parse_source({"connect_timeout_s": 2}))
+        elapsed = time.monotonic() - started
+    assert 1.5 < elapsed < 5
+    message = str(err.value)
+    assert "\n" not in message and "s3cret" not in message and "Pa55" not in message
+    assert message.startswith(f"{uri} (leads): ")
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -123,4 +185,4 @@ def test_connection_dropped_mid_read_is_retried(database: Path) -> None:
     killer.join()
     assert len(killed) >= 1
     expected = read_database_table(PG, "activities", _source())
-    assert_frame_equal(inputs.activities, expected)
+    assert_frame_equal(inputs.activities.frame, expected)

@@ -1,4 +1,4 @@
-"""Timestamp parsing agrees with Python's datetime on generated text, valid and impossible."""
+"""Timestamps agree with Python's datetime: generated text, valid and impossible, and typed values of any unit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.staging import with_timestamp
+from transforms.validation import with_timestamp
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+END = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 LAYOUT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(Z|([+-])(\d{2}):(\d{2}))?$")
 
@@ -29,9 +32,10 @@ def reference(text: str) -> datetime | None:
         sign = -1 if m.group(9) == "-" else 1
         tz = timezone(sign * timedelta(hours=oh, minutes=om))
     try:
-        return datetime(y, mo, d, h, mi, s, micros, tzinfo=tz).astimezone(UTC)
-    except ValueError:
+        utc = datetime(y, mo, d, h, mi, s, micros, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return utc if utc >= EPOCH else None  # CRM sentinels such as 0001-01-01 are not instants
 
 
 def two(low: int, high: int) -> st.SearchStrategy[str]:
@@ -55,3 +59,38 @@ def test_parse_matches_python(values: list[str]) -> None:
     """Every generated text parses exactly as the reference: same instant, or null for both."""
     frame = with_timestamp(pl.DataFrame({"raw": values}, schema={"raw": pl.String}), "raw", "parsed")
     assert frame["parsed"].to_list() == [reference(v) for v in values]
+
+
+UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000}  # nanoseconds per unit
+extreme = st.sampled_from([-(2**63), -(2**63) + 1, -9222425352054775808, -1, 0, 2**63 - 1])
+
+
+def typed_reference(value: int | None, unit: str) -> datetime | None:
+    """The contract's rule on a typed value: its instant, if from 1970 up to year 9999."""
+    if value is None:
+        return None
+    micros = value * UNITS[unit] // 1_000
+    if micros < 0 or micros > (END - EPOCH) // timedelta(microseconds=1):
+        return None
+    return EPOCH + timedelta(microseconds=micros)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(UNITS)), st.sampled_from([None, "UTC", "Europe/Berlin", "America/New_York"]),
+       st.lists(st.none() | extreme | st.integers(-(2**63), 2**63 - 1) | st.integers(-(10**17), 10**17),
+                min_size=1, max_size=30))
+def test_typed_timestamps_any_unit_never_panic(unit: str, zone: str | None, values: list[int | None]) -> None:
+    """Typed values of every unit and zone, int64 extremes included, are their instant or null; nothing panics."""
+    raw = pl.Series("raw", values, pl.Int64).cast(pl.Datetime(unit, zone))
+    frame = with_timestamp(pl.DataFrame([raw]), "raw", "parsed")
+    assert frame.schema["parsed"] == pl.Datetime("us", "UTC")
+    assert frame["parsed"].to_list() == [typed_reference(v, unit) for v in values]
+
+
+@given(st.lists(st.none() | st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=30))
+def test_typed_dates_are_midnight_utc_or_null(days: list[int | None]) -> None:
+    """A date is its UTC midnight, from 1970 up to year 9999; beyond that (PostgreSQL -infinity) null."""
+    raw = pl.Series("raw", days, pl.Int32).cast(pl.Date)
+    frame = with_timestamp(pl.DataFrame([raw]), "raw", "parsed")
+    assert frame["parsed"].to_list() == [None if d is None else typed_reference(d * 86_400_000_000, "us")
+                                         for d in days]
