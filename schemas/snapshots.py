@@ -6,6 +6,7 @@ from pandera.api.polars.types import PolarsData
 from pandera.engines import polars_engine as pe
 
 from schemas._types import UTC_US
+from schemas.owner_history import OWNER_PATTERN
 from schemas.rules import NAME_PATTERN, TEAMS
 
 
@@ -17,6 +18,8 @@ class SnapshotsModel(pa.DataFrameModel):
     source: str = pa.Field(description="Acquisition source, normalised")
     stage: str = pa.Field(str_matches=NAME_PATTERN, description="Stage of the latest transition before T(D)")
     owner_team: str = pa.Field(isin=list(TEAMS), description="Team owning the lead in that stage")
+    owner_id: str | None = pa.Field(nullable=True, str_matches=OWNER_PATTERN,
+                                    description="Who on the team has the lead at T(D); null while unassigned")
     stage_entered_at: pe.DateTime = pa.Field(dtype_kwargs=UTC_US, description="When that stage was entered (UTC)")
     days_in_stage: pe.Int32 = pa.Field(ge=0, description="floor((T(D) - stage_entered_at) / 24h)")
     engagement_score: pe.Int32 = pa.Field(ge=0, description="Points of activities in [T(D) - window, T(D))")

@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 
 from tests.example import example_activities, example_leads, ts
 from transforms.classify import classify
-from transforms.config import FunnelConfig
+from transforms.rules import FunnelConfig
 
 UTC_US = pl.Datetime("us", "UTC")
 
@@ -87,10 +87,11 @@ def test_worked_example_snapshot(default_config: FunnelConfig) -> None:
     history = classify(example_leads().lazy(), example_activities().lazy(), default_config, date(2025, 7, 31))
     expected = pl.DataFrame({
         "snapshot_date": [date(2025, 4, 1)] * 2, "lead_id": ["L1", "L2"], "source": ["newsletter", "linkedin_ads"],
-        "stage": ["mql", "sal"], "owner_team": ["marketing", "sales"],
+        "stage": ["mql", "sal"], "owner_team": ["marketing", "sales"], "owner_id": [None, None],
         "stage_entered_at": [ts("2025-04-01 12:00"), ts("2025-03-20 16:00")],
         "days_in_stage": [0, 12], "engagement_score": [45, 50],
-    }, schema_overrides={"stage_entered_at": UTC_US, "days_in_stage": pl.Int32, "engagement_score": pl.Int32})
+    }, schema_overrides={"owner_id": pl.String, "stage_entered_at": UTC_US, "days_in_stage": pl.Int32,
+                         "engagement_score": pl.Int32})
     assert_frame_equal(history.snapshots_dataset(date(2025, 4, 1), date(2025, 4, 1)).collect(), expected)
 
 

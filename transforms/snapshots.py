@@ -1,8 +1,9 @@
 """Daily snapshots: each lead's stage and engagement at the boundary T(D) of any date D.
 
-Both the stage and the engagement score are step functions of the local date, so one history
-is turned once into per-lead "states" (from_date, to_date, stage, score) and any range of dates
-is an explode of those states: a year of snapshots never repeats the replay or a join per date.
+The stage, the owner and the engagement score are step functions of the local date, so one
+history is turned once into per-lead "states" (from_date, to_date, stage, owner, score) and any
+range of dates is a filter of those states: a year of snapshots never repeats the replay or a
+join per date.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from datetime import date, timedelta
 import polars as pl
 
 from transforms.calendar import US_PER_DAY, boundary, local_date
-from transforms.config import FunnelConfig
+from transforms.owners import OWNER
+from transforms.rules import FunnelConfig
 from transforms.transitions import KEY, owner_team, stage_name
 
 
@@ -53,30 +55,46 @@ def _score_steps(activities: pl.LazyFrame, start: date, config: FunnelConfig) ->
     return pl.concat([entering, leaving]).group_by(KEY, "date").agg(pl.col("delta").sum())
 
 
-def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame, start: date,
-                    config: FunnelConfig) -> pl.LazyFrame:
-    """Per lead, date ranges from `start` on over which stage, entry time and engagement are constant."""
-    stages = stage_days(intervals, config).filter(
-        pl.col("to_date").is_null() | (pl.col("to_date") >= start)).select(
-        KEY, pl.col("from_date").alias("date"), "rank", "entered_at", pl.lit(0, pl.Int8).alias("_kind"))
-    scores = _score_steps(activities, start, config).with_columns(_kind=pl.lit(1, pl.Int8))
-    same_lead_next = (pl.col(KEY).shift(-1) == pl.col(KEY)).fill_null(False)
-    # Every lead's deltas sum to zero and its first row is a stage row (its first kept interval
-    # starts no later than `start` or than its first activity), so a global cumulative sum and
-    # forward fill stay within the lead.
+def _owner_days(owners: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
+    """Owner intervals as inclusive local-date ranges of the snapshots they hold in (see stage_days)."""
+    first = local_date("valid_from", config.timezone)
+    last = local_date("valid_to", config.timezone) - pl.duration(days=1)
     return (
-        pl.concat([stages, scores], how="diagonal")
+        owners.select(KEY, OWNER, first.alias("from_date"), last.alias("to_date"))
+        .filter(pl.col("to_date").is_null() | (pl.col("from_date") <= pl.col("to_date")))
+    )
+
+
+def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame, owners: pl.LazyFrame, start: date,
+                    config: FunnelConfig) -> pl.LazyFrame:
+    """Per lead, date ranges from `start` on over which stage, entry time, owner and engagement are constant."""
+    holds_from_start = pl.col("to_date").is_null() | (pl.col("to_date") >= start)
+    from_start = pl.max_horizontal("from_date", pl.lit(start)).alias("date")
+    stages = stage_days(intervals, config).filter(holds_from_start).select(
+        KEY, from_start, "rank", "entered_at", pl.lit(0, pl.Int8).alias("_kind"))
+    scores = _score_steps(activities, start, config).with_columns(_kind=pl.lit(1, pl.Int8))
+    # Unassigned is the empty string while filling forward: a trimmed owner_id is never empty.
+    held = _owner_days(owners, config).filter(holds_from_start).select(
+        KEY, from_start, pl.col(OWNER).fill_null("").alias("_owner"), pl.lit(2, pl.Int8).alias("_kind"))
+    same_lead_next = (pl.col(KEY).shift(-1) == pl.col(KEY)).fill_null(False)
+    # Every lead's deltas sum to zero, and its first date (start, or its creation day) holds a
+    # stage row first and an owner row (the intervals holding then, moved to that date), so a
+    # global cumulative sum and forward fill stay within the lead on every row that is kept.
+    return (
+        pl.concat([stages, scores, held], how="diagonal")
         .sort(KEY, "date", "_kind")
         .with_columns(
             pl.col("delta").fill_null(0).cum_sum().alias("score"),
             pl.col("rank").forward_fill(),
             pl.col("entered_at").forward_fill(),
+            pl.col("_owner").forward_fill(),
         )
         .filter(~same_lead_next | (pl.col("date").shift(-1) != pl.col("date")))
         .with_columns(
             to_date=pl.when(same_lead_next).then(pl.col("date").shift(-1) - pl.duration(days=1))
         )
-        .select(KEY, pl.col("date").alias("from_date"), "to_date", "rank", "entered_at", "score")
+        .select(KEY, pl.col("date").alias("from_date"), "to_date", "rank", "entered_at",
+                pl.when(pl.col("_owner") != "").then(pl.col("_owner")).alias(OWNER), "score")
     )
 
 
@@ -91,6 +109,7 @@ def snapshot_day(states: pl.LazyFrame, leads: pl.LazyFrame, day: date, config: F
             pl.lit(day).alias("snapshot_date"), "lead_id", "source",
             stage_name("rank", config).alias("stage"),
             owner_team("rank", config).alias("owner_team"),
+            OWNER,
             pl.col("entered_at").alias("stage_entered_at"),
             ((pl.lit(cut) - pl.col("entered_at")).dt.total_microseconds() // US_PER_DAY)
             .cast(pl.Int32).alias("days_in_stage"),

@@ -5,6 +5,10 @@ score target), and clamps compose: for every stage rank k, "stage >= k" is the v
 the latest event that writes it. With one entry row per lead writing every indicator, a plain
 forward fill over the frame sorted by (lead, time, order) is the whole replay: no loop, no
 per-lead window.
+
+That frame's row number, SEQ, is replay order across all leads as one integer (each lead's entry,
+then its activities by (occurred_at, activity_id)), so per-lead questions about "the next" or
+"the latest" event of some kind (owners, SLA clocks) are as-of lookups on SEQ with no `by`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from datetime import datetime
 
 import polars as pl
 
-from transforms.config import FunnelConfig
+from transforms.rules import FunnelConfig
 
 KEY = "lead_key"
+SEQ = "_seq"
+ASSIGNS, ANSWERS = "_assigns", "_answers"  # the activity type assigns an owner / answers some SLA
 # Order of events at one instant: the entry first, then activities by activity_id.
 ENTRY, ACTIVITY = 0, 1
 
@@ -32,16 +38,24 @@ def keyed_leads(leads: pl.LazyFrame, config: FunnelConfig, boundary: datetime) -
 
 
 def _rules_table(config: FunnelConfig) -> pl.LazyFrame:
-    """Per activity type of the catalogue: points, promotion rank and demotion rank."""
+    """Per activity type of the catalogue: points, promotion and demotion rank, owner and SLA roles.
+
+    The two roles (assigns an owner, answers some SLA) let the few rows that matter to owners and
+    SLA clocks be found without comparing strings.
+    """
     types = list(config.catalogue)
+    answers = {t for rule in config.slas for t in rule.met_by}
     return pl.LazyFrame(
         {
             "activity_type": types,
             "points": [config.points.get(t, 0) for t in types],
             "_promo": [config.rank(config.promotions[t]) if t in config.promotions else None for t in types],
             "_demo": [config.rank(config.demotions[t]) if t in config.demotions else None for t in types],
+            ASSIGNS: [t in config.assignment_types for t in types],
+            ANSWERS: [t in answers for t in types],
         },
-        schema={"activity_type": pl.String, "points": pl.Int32, "_promo": pl.Int8, "_demo": pl.Int8},
+        schema={"activity_type": pl.String, "points": pl.Int32, "_promo": pl.Int8, "_demo": pl.Int8,
+                ASSIGNS: pl.Boolean, ANSWERS: pl.Boolean},
     )
 
 
@@ -54,6 +68,11 @@ def scored_activities(activities: pl.LazyFrame, leads: pl.LazyFrame, config: Fun
         .join(_rules_table(config), on="activity_type", how="left")
         .sort(KEY, "occurred_at", "activity_id")
     )
+
+
+def replay_position() -> pl.Expr:
+    """SEQ of the rows of scored_activities: row j, of lead k, follows j activities and k + 1 entries."""
+    return (pl.int_range(pl.len(), dtype=pl.Int64) + pl.col(KEY).cast(pl.Int64) + 1).alias(SEQ)
 
 
 def score_hits(scored: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
@@ -91,7 +110,7 @@ def replay(leads: pl.LazyFrame, activities: pl.LazyFrame, config: FunnelConfig) 
         [entries, activities.select(KEY, "lead_id", "occurred_at", "activity_id", "activity_type",
                                     pl.lit(ACTIVITY, pl.Int8).alias("_ord"), "_promo", "_demo", "_hit")],
         how="diagonal",
-    ).sort(KEY, "_ord", maintain_order=True)
+    ).sort(KEY, "_ord", maintain_order=True).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
 
     entry = pl.col("_ord") == ENTRY
     hit = pl.col("_hit").fill_null(False)  # entries have none
@@ -140,7 +159,7 @@ def transitions(events: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig)
             pl.when(entry).then(pl.lit("created"))
             .when(pl.col("_own_rule_changed")).then(pl.col("activity_type"))
             .otherwise(pl.lit("score")).alias("trigger"),
-            "activity_id",
+            "activity_id", SEQ,
         )
         .with_columns(
             direction=pl.when(pl.col("from_rank").is_null()).then(pl.lit("entry"))

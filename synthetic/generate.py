@@ -1,15 +1,20 @@
 """A seeded, vectorised generator of realistic CRM leads and activities that follow the funnel.
 
-Clean output follows every rule of the input contract; `dirty=True` adds what real CRM exports
-contain: a fault for every rule of FUNNEL_SPEC.md section 1, duplicates of both kinds, orphans,
-future timestamps, offsets, quoting and umlauts, mixed case and stray spaces. Everything is
-numpy/polars array work: no Python loop over leads or rows.
+Leads have owners: a marketing rep picks up most new leads, a sales rep takes over when sales
+accepts (a few dozen reps per team, some leads never assigned, a few explicit unassignments),
+and sales responds to new MQLs and SALs within hours to days, some beyond 48 hours, so handoff
+SLAs are met and breached. Clean output follows every rule of the input contract; `dirty=True`
+adds what real CRM exports contain: a fault for every rule of FUNNEL_SPEC.md section 1,
+duplicates of both kinds, orphans, future timestamps, offsets, quoting and umlauts, mixed case
+and stray spaces (owner ids too). Everything is numpy/polars array work: no Python loop over
+leads or rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -28,8 +33,17 @@ COMPANIES = ("Müller GmbH", "Schmidt & Söhne", "Nordwind AG", "Acme, Inc.", 'B
 ENGAGEMENT = ("page_view", "email_open", "email_click", "pricing_page_view", "content_download",
               "form_submit", "webinar_attended", "demo_request", "meeting_held", "unsubscribed")
 ENGAGEMENT_P = (0.36, 0.25, 0.12, 0.07, 0.07, 0.05, 0.03, 0.02, 0.02, 0.01)
+# The default scoring points and threshold, for when sales should notice a lead (about its MQL time).
+ENGAGEMENT_POINTS = (1, 1, 3, 5, 8, 10, 10, 25, 0, 0)
+MQL_THRESHOLD = 40
 SALES = ("sales_accepted", "sales_rejected", "opportunity_created", "closed_won", "closed_lost")
-TYPES = ENGAGEMENT + SALES
+ASSIGNED = "owner_assigned"
+TYPES = (*ENGAGEMENT, *SALES, ASSIGNED)
+MARKETING_REPS = tuple(f"mkt-{i:02d}" for i in range(1, 25))
+SALES_REPS = tuple(f"sales-{i:02d}" for i in range(1, 37))
+REPS = MARKETING_REPS + SALES_REPS
+NEVER = np.iinfo(np.int64).max
+NO_OWNER, UNASSIGN = -1, -2  # owner codes that are not a rep: not an assignment / an empty owner_id
 
 US_PER_SECOND = 1_000_000
 US_PER_MINUTE = 60 * US_PER_SECOND
@@ -68,14 +82,30 @@ def _pick(values: tuple[str, ...], codes: pl.Expr) -> pl.Expr:
     return codes.replace_strict(list(range(len(values))), list(values), return_dtype=pl.String)
 
 
-def _sales_events(rng: np.random.Generator, created: np.ndarray, n_mkt: np.ndarray,
-                  last_mkt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sales acceptance, rejections back to marketing, opportunities, won and lost deals."""
+def _response_hours(rng: np.random.Generator, size: int, median_hours: float) -> np.ndarray:
+    """Response times of sales to a handoff: hours to days, a fifth or so beyond 48 hours."""
+    hours = rng.lognormal(np.log(median_hours), 1.1, size)
+    return (hours * 3600).astype(np.int64) * US_PER_SECOND
+
+
+def _reps(rng: np.random.Generator, reps: tuple[str, ...], size: int) -> np.ndarray:
+    """Owner codes (indexes into REPS) of reps of one team."""
+    return REPS.index(reps[0]) + rng.integers(0, len(reps), size)
+
+
+def _sales_events(rng: np.random.Generator, created: np.ndarray, n_mkt: np.ndarray, last_mkt: np.ndarray,
+                  scored_at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sales acceptance, meetings, rejections back to marketing, opportunities, deals, and reassignments.
+
+    Acceptance follows the moment the lead's points reach the MQL threshold (else its last
+    marketing activity) by a sales response time; a meeting follows acceptance likewise.
+    Returns leads, times, type codes and owner codes.
+    """
     n = created.size
-    u = rng.random((8, n))
-    base = np.maximum(created, last_mkt)
+    u = rng.random((11, n))
+    base = np.where(scored_at < NEVER, scored_at, np.maximum(created, last_mkt))
     accept1 = u[0] < np.clip(0.05 + 0.025 * n_mkt, 0, 0.6)
-    t_accept1 = base + _days(rng, 10, n)
+    t_accept1 = base + _response_hours(rng, n, 20)
     direct_opp = ~accept1 & (u[1] < 0.02)  # a skip straight to sql
     reject1 = accept1 & (u[2] < 0.3)
     t_reject1 = t_accept1 + _days(rng, 15, n)
@@ -87,21 +117,39 @@ def _sales_events(rng: np.random.Generator, created: np.ndarray, n_mkt: np.ndarr
     lost = opp & ~won & (u[6] < 0.8)
     t_close = t_opp + _days(rng, 25, n)
     lost_after_won = won & (u[7] < 0.1)  # ignored by the funnel: closed_won is terminal
+    meeting = accept1 & (u[8] < 0.7)
+    t_meeting = t_accept1 + _response_hours(rng, n, 18)
+    # Sales takes the lead over on acceptance (minutes later); a rejected lead goes back to a
+    # marketing rep, or is left unassigned.
+    to_sales = accept1 & (u[9] < 0.9)
+    t_to_sales = t_accept1 + _days(rng, 0.02, n)
+    back = reject1 & (u[10] < 0.8)
+    t_back = t_reject1 + _days(rng, 0.05, n)
+    back_owner = np.where(u[10] < 0.6, _reps(rng, MARKETING_REPS, n), UNASSIGN)
+    none = np.full(n, NO_OWNER)
     slots = [
-        (accept1, t_accept1, "sales_accepted"), (reject1, t_reject1, "sales_rejected"),
-        (accept2, t_accept2, "sales_accepted"), (opp, t_opp, "opportunity_created"),
-        (won, t_close, "closed_won"), (lost, t_close, "closed_lost"),
-        (lost_after_won, t_close + _days(rng, 20, n), "closed_lost"),
+        (accept1, t_accept1, "sales_accepted", none), (reject1, t_reject1, "sales_rejected", none),
+        (accept2, t_accept2, "sales_accepted", none), (opp, t_opp, "opportunity_created", none),
+        (won, t_close, "closed_won", none), (lost, t_close, "closed_lost", none),
+        (lost_after_won, t_close + _days(rng, 20, n), "closed_lost", none),
+        (meeting, t_meeting, "meeting_held", none),
+        (to_sales, t_to_sales, ASSIGNED, _reps(rng, SALES_REPS, n)),
+        (back, t_back, ASSIGNED, back_owner),
     ]
-    leads = np.concatenate([np.flatnonzero(m) for m, _, _ in slots])
-    times = np.concatenate([t[m] for m, t, _ in slots])
-    types = np.concatenate([np.full(int(m.sum()), TYPES.index(k)) for m, _, k in slots])
-    return leads, times, types
+    leads = np.concatenate([np.flatnonzero(m) for m, _, _, _ in slots])
+    times = np.concatenate([t[m] for m, t, _, _ in slots])
+    types = np.concatenate([np.full(int(m.sum()), TYPES.index(k)) for m, _, k, _ in slots])
+    owners = np.concatenate([o[m] for m, _, _, o in slots])
+    return leads, times, types, owners
 
 
 def _activity_arrays(rng: np.random.Generator, created: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Marketing engagement with bursts, quiet leads and shared instants, then sales events."""
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Marketing engagement, reps picking up leads, then sales events; with each one's owner code.
+
+    Engagement comes in bursts, with quiet leads and shared instants; a marketing rep picks up
+    four leads in five within days of creation.
+    """
     n = created.size
     propensity = rng.gamma(0.9, 1.0, n)  # near 0: quiet leads; the long tail: very active ones
     n_mkt = rng.poisson(propensity * 24.3).astype(np.int64)
@@ -119,9 +167,23 @@ def _activity_arrays(rng: np.random.Generator, created: np.ndarray
     types = rng.choice(len(ENGAGEMENT), total, p=ENGAGEMENT_P)
     last_mkt = np.full(n, np.iinfo(np.int64).min)
     np.maximum.at(last_mkt, lead, times)
-    s_lead, s_times, s_types = _sales_events(rng, created, n_mkt, last_mkt)
-    return (np.concatenate([lead, s_lead]), np.concatenate([times, s_times]),
-            np.concatenate([types, s_types]))
+    # Points so far per lead (no window: a lower bound of the score), and when they first reach
+    # the threshold; rows are in (lead, time) order, so a global cumulative sum less each lead's
+    # start is the running total.
+    points = np.asarray(ENGAGEMENT_POINTS)[types]
+    running = np.cumsum(points)
+    lead_start_points = np.zeros(n, dtype=np.int64)
+    lead_start_points[has] = running[first[has]] - points[first[has]]
+    crossed = running - lead_start_points[lead] >= MQL_THRESHOLD
+    scored_at = np.full(n, NEVER)
+    np.minimum.at(scored_at, lead[crossed], times[crossed])
+    s_lead, s_times, s_types, s_owners = _sales_events(rng, created, n_mkt, last_mkt, scored_at)
+    picked = np.flatnonzero(rng.random(n) < 0.8)
+    p_times = created[picked] + _days(rng, 1.5, picked.size)
+    p_owners = _reps(rng, MARKETING_REPS, picked.size)
+    return (np.concatenate([lead, s_lead, picked]), np.concatenate([times, s_times, p_times]),
+            np.concatenate([types, s_types, np.full(picked.size, TYPES.index(ASSIGNED))]),
+            np.concatenate([np.full(total, NO_OWNER), s_owners, p_owners]))
 
 
 def generate(n_leads: int, seed: int, *, dirty: bool = False, end: date = date(2026, 10, 31),
@@ -132,9 +194,9 @@ def generate(n_leads: int, seed: int, *, dirty: bool = False, end: date = date(2
     start_us = end_us - days * US_PER_DAY
     created = start_us + (rng.random(n_leads) * (end_us - start_us)).astype(np.int64)
     created -= created % US_PER_SECOND
-    lead, times, types = _activity_arrays(rng, created)
+    lead, times, types, owners = _activity_arrays(rng, created)
     keep = times < end_us
-    lead, times, types = lead[keep], times[keep], types[keep]
+    lead, times, types, owners = lead[keep], times[keep], types[keep], owners[keep]
     n_act = lead.size
 
     leads = pl.DataFrame({
@@ -166,12 +228,15 @@ def generate(n_leads: int, seed: int, *, dirty: bool = False, end: date = date(2
         "_lead": lead,
         "_at": times,
         "_type": types,
+        "_owner": owners,
         "_style": rng.choice(3, n_act, p=(0.8, 0.15, 0.05)),
     }).select(
         activity_id=pl.concat_str(pl.lit("A"), pl.col("_id").cast(pl.String).str.zfill(9)),
         lead_id=pl.concat_str(pl.lit("L"), pl.col("_lead").cast(pl.String).str.zfill(8)),
         occurred_at=_timestamp_text(pl.col("_at"), pl.col("_style")),
         activity_type=_pick(TYPES, pl.col("_type")),
+        owner_id=pl.when(pl.col("_owner") == UNASSIGN).then(pl.lit(""))
+        .when(pl.col("_owner") >= 0).then(_pick(REPS, pl.col("_owner").clip(0))),
     )
     if dirty:
         leads = _dirty_leads(rng, leads)
@@ -247,7 +312,20 @@ def _dirty_activities(rng: np.random.Generator, activities: pl.DataFrame) -> pl.
                                         8: "2000-01-01 00:00:00"}),
         _replace("activity_type", fault, {6: "carrier_pigeon", 0: _sometimes(
             messy, pl.concat_str(pl.lit(" "), pl.col("activity_type").str.to_titlecase()), "activity_type")}),
+        owner_id=_sometimes(messy, pl.concat_str(pl.lit(" "), pl.col("owner_id"), pl.lit("  ")), "owner_id"),
     )
     exact = _duplicates(rng, dirty, 0.005, {})
     conflicting = _duplicates(rng, dirty, 0.001, {"occurred_at": pl.lit("2024-12-31 23:59:59")})
     return pl.concat([dirty, exact, conflicting])
+
+
+def write_inputs(directory: Path, leads: pl.DataFrame, activities: pl.DataFrame, fmt: str) -> None:
+    """Write generated input tables as <table>.csv or <table>.parquet (text columns)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("leads", leads), ("activities", activities)):
+        for stale in (directory / f"{name}.csv", directory / f"{name}.parquet"):
+            stale.unlink(missing_ok=True)
+        if fmt == "csv":
+            frame.write_csv(directory / f"{name}.csv")
+        else:
+            frame.write_parquet(directory / f"{name}.parquet", row_group_size=1_000_000)

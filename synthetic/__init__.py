@@ -1,0 +1,1 @@
+"""Synthetic CRM data: the seeded generator and nightly inputs with late rows."""
