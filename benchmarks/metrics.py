@@ -8,21 +8,22 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 
-from benchmarks.run import _input
-from flows.io import load_config, read_table
+from benchmarks.run import typed_input
+from flows.inputs import read_table
+from flows.settings import load_config
 from transforms.classify import classify
 from transforms.metrics import cohort_conversion, daily_funnel, transitions_daily
-from transforms.staging import stage_activities, stage_leads
+from transforms.validation import validate_activities, validate_leads
 
 
 def main() -> None:
     """Print seconds and rows for daily_funnel, transitions_daily and cohort_conversion over a year."""
-    config, directory = load_config(None), _input("1m")
+    config, directory = load_config(None), typed_input("1m")
     now = datetime.now(UTC)
-    leads = stage_leads(read_table(directory, "leads"), now).valid
-    acts = stage_activities(read_table(directory, "activities"), leads, config.catalogue, now).valid
-    end = date(2026, 10, 31)
-    start = date(2025, 11, 1)
+    leads = validate_leads(read_table(directory, "leads"), now).valid
+    acts = validate_activities(read_table(directory, "activities"), leads, config.catalogue, now).valid
+    end = date(2025, 11, 15)
+    start = date(2024, 11, 16)
     history = classify(leads.lazy(), acts.lazy(), config, end)
     t = time.perf_counter()
     funnel = daily_funnel(history.transitions.lazy(), history.intervals.lazy(), history.leads.lazy(), start, end,

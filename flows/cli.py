@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows import DEFAULT_OUTPUT  # first: quiet, telemetry-free Prefect settings before prefect loads
 
@@ -42,6 +43,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                              "dask.workers, else one process)")
     parser.add_argument("--dask-address", default=None,
                         help="shard the replay on an existing Dask cluster (tcp://host:port)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split the leads into N shards (default: the config's run.shards, else by input size)")
+    parser.add_argument("--force", action="store_true",
+                        help="publish even when the input looks collapsed (see [guard] in the config)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=("csv", "parquet"), default="csv")
     gen.add_argument("--dirty", action="store_true", help="add the faults real CRM exports contain")
     gen.add_argument("--end", type=_date, default=date(2026, 10, 31), help="last day of generated data")
+    gen.add_argument("--late-nights", type=int, default=0, metavar="N",
+                     help="write the last N nights' inputs (OUT/night=YYYY-MM-DD/), rows arriving up to 9 days late")
+    gen.add_argument("--late-share", type=float, default=0.125, help="share of rows that arrive late (default 1/8)")
 
     run = sub.add_parser("run", help="run the nightly flow once")
     run.add_argument("--as-of", type=_date, default=None, help="as-of date (default: yesterday, local)")
@@ -71,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--config", type=Path, default=None)
     report.add_argument("--timezone", default=None)
 
+    deploy = sub.add_parser("deploy", help="create or update the nightly and backfill deployments on the Prefect "
+                            "server (PREFECT_API_URL), schedule and timezone from the config")
+    deploy.add_argument("--config", type=Path, default=None, help="funnel rules and run settings (TOML)")
+    deploy.add_argument("--input", default=None, help="input location the runs read (no credentials)")
+    deploy.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location the runs write")
+    deploy.add_argument("--pool", default="funnel", help="process work pool (created if missing)")
+    deploy.add_argument("--name", default="funnel", help="deployment name")
+    deploy.add_argument("--workers", type=int, default=None)
+    deploy.add_argument("--dask-address", default=None)
+    deploy.add_argument("--shards", type=int, default=None)
+
+    recover = sub.add_parser("recover", help="complete a commit that a crash interrupted")
+    recover.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location")
+
     serve = sub.add_parser("serve", help="serve the nightly deployment on its cron schedule")
     serve.add_argument("--cron", default=None, help="cron (default: the config's schedule.cron)")
     _run_options(serve)
@@ -78,11 +100,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from flows.io import write_inputs
-    from transforms.generate import generate
+    from synthetic.generate import generate, write_inputs
 
     started = time.perf_counter()
     data = generate(args.leads, args.seed, dirty=args.dirty, end=args.end)
+    if args.late_nights:
+        from datetime import timedelta
+
+        from synthetic.late import nightly_inputs
+
+        nights = [args.end - timedelta(days=n) for n in range(args.late_nights - 1, -1, -1)]
+        for night in nightly_inputs(data.leads, data.activities, nights, args.late_share, seed=args.seed):
+            write_inputs(args.out / f"night={night.night}", night.leads, night.activities, args.format)
+        print(f"wrote {len(nights)} nightly inputs ({nights[0]}..{nights[-1]}, {args.late_share:.1%} of rows "
+              f"late) to {args.out} in {time.perf_counter() - started:.1f}s")
+        return
     write_inputs(args.out, data.leads, data.activities, args.format)
     print(f"wrote {data.leads.height:,} leads and {data.activities.height:,} activities "
           f"({args.format}{', dirty' if args.dirty else ''}) to {args.out} in {time.perf_counter() - started:.1f}s")
@@ -98,33 +130,80 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
     print(f"  report: {summary.report}")
 
 
-def _start_temporary_api() -> threading.Thread | None:
-    """Start Prefect's temporary API server in the background, where no server is configured.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child process: be sent SIGTERM when the thread that started it ends (or is killed)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class TemporaryApi:
+    """Prefect's temporary API server, started in the background and bound to this process's life.
 
     It takes seconds to come up (its own process imports and checks its database); started
     first, it does so while this process imports Polars, pandera and the pipeline. The flow
-    finds it running and uses it.
+    finds it running and uses it. Prefect stops it at exit; if this process is killed instead
+    (SIGKILL, the out-of-memory killer), the kernel's parent-death signal ends it too. That
+    signal follows the starting thread, so the thread stays alive for the process's lifetime.
     """
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        threading.Thread(target=self._serve, name="prefect-temporary-api", daemon=True).start()
+
+    def _serve(self) -> None:
+        import subprocess
+
+        from prefect.server.api.server import SubprocessASGIServer
+
+        popen: Any = subprocess.Popen
+
+        def bound_popen(*args: Any, **kwargs: Any) -> Any:
+            return popen(*args, preexec_fn=_die_with_parent, **kwargs)
+
+        setattr(subprocess, "Popen", bound_popen)  # noqa: B010  (only while Prefect spawns its server)
+        try:
+            SubprocessASGIServer().start()
+        except BaseException as exc:  # surfaced by wait(), in the main thread
+            self.error = exc
+        finally:
+            setattr(subprocess, "Popen", popen)  # noqa: B010
+            self.ready.set()
+        threading.Event().wait()  # keep the parent-death signal's thread alive
+
+    def wait(self) -> None:
+        """Block until the server answers (or failed to start)."""
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _start_temporary_api() -> TemporaryApi | None:
+    """The temporary API, where no Prefect server is configured."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-temporary-api", daemon=True)
-    thread.start()
-    return thread
+    return TemporaryApi()
 
 
-def _run(args: argparse.Namespace, server: threading.Thread | None) -> None:
+def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
     from flows.pipeline import backfill, nightly
 
     if server is not None:
-        server.join()
+        server.wait()
 
     started = time.perf_counter()
-    common = {"input_location": args.input, "output_dir": str(args.output),
+    if args.input and args.input.startswith(("postgresql://", "postgres://")):
+        from flows.settings import database_uri_without_password
+
+        database_uri_without_password(args.input)  # before the URI reaches Prefect as a parameter
+    common = {"input_location": args.input, "force": args.force, "shards": args.shards, "output_dir": str(args.output),
               "config_path": str(args.config) if args.config else None, "timezone": args.timezone,
               "workers": args.workers, "dask_address": args.dask_address}
     if args.command == "run":
@@ -140,19 +219,33 @@ def _run(args: argparse.Namespace, server: threading.Thread | None) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    import json
-
-    from flows.io import OutputStore, load_config
-    from flows.report import write_report
+    from flows.report import latest_manifest, write_report
+    from flows.settings import load_config
+    from flows.store import OutputStore
 
     store = OutputStore(args.output or DEFAULT_OUTPUT)
-    as_of = args.as_of
-    if as_of is None:
-        manifests = [json.loads(p.read_text()) for p in (store.root / "runs").glob("*.json")]
-        if not manifests:
-            raise ValueError(f"{store.root}: no runs yet; run `funnel run` first")
-        as_of = date.fromisoformat(max(manifests, key=lambda m: m["ended_at"])["as_of"])
-    print(f"report: {write_report(store, as_of, load_config(args.config, args.timezone))}")
+    manifests = store.manifests()
+    if not manifests:
+        raise ValueError(f"{store.root}: no runs yet; run `funnel run` first")
+    manifest = latest_manifest(store, args.as_of) if args.as_of else manifests[-1]
+    print(f"report: {write_report(store, None, manifest, load_config(args.config, args.timezone))}")
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from flows.deployment import deploy, deploy_report
+
+    deployed = deploy(args.config, args.input, args.output, args.pool, args.name, args.workers, args.dask_address,
+                      args.shards)
+    print("\n".join(deploy_report(deployed, args.pool)))
+
+
+def _recover(args: argparse.Namespace) -> None:
+    from flows.store import OutputStore
+
+    store = OutputStore(args.output)
+    with store.locked():
+        done = store.recover()
+    print(f"funnel recover: {'completed an interrupted commit' if done else 'nothing to recover'} in {store.root}")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -168,9 +261,14 @@ def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `funnel` console script."""
     args = _parser().parse_args(argv)
+    # SIGTERM (a scheduler stopping the job) ends a run like Ctrl-C: nothing published, lock released.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = _start_temporary_api() if args.command in ("run", "backfill") else None
-    from flows.io import InputError, RunLockedError
-    from transforms.config import ConfigError
+    from flows.inputs import InputError
+    from flows.pipeline import CollapsedInputError
+    from flows.quality import QualityError
+    from flows.store import NotAtomicError, RunLockedError
+    from transforms.rules import ConfigError
 
     try:
         if args.command == "generate":
@@ -179,13 +277,21 @@ def main(argv: list[str] | None = None) -> int:
             _serve(args)
         elif args.command == "report":
             _report(args)
+        elif args.command == "recover":
+            _recover(args)
+        elif args.command == "deploy":
+            _deploy(args)
         else:
             _run(args, server)
-    except (InputError, ConfigError, RunLockedError, ValueError, FileNotFoundError) as exc:
+    except (InputError, ConfigError, RunLockedError, CollapsedInputError, NotAtomicError, ValueError,
+            FileNotFoundError) as exc:
         print(f"funnel: {exc}", file=sys.stderr)
         return 2
+    except QualityError as exc:  # published, but below the configured data quality
+        print(f"funnel: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("funnel: interrupted", file=sys.stderr)
+        print("funnel: interrupted; nothing published", file=sys.stderr)
         return 130
     except Exception as exc:  # anything else failed the run: one line here, the traceback in Prefect
         first = next((line for line in str(exc).splitlines() if line.strip()), "")

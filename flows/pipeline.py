@@ -1,59 +1,89 @@
-"""Prefect flows: the nightly run and the backfill. Extract, validate, classify, write."""
+"""Prefect flows: the nightly run and the backfill, one execution path for both.
+
+Extract and validate the input, guard against a collapsed input, replay it as N lead shards
+(in this process or on Dask, the same `build_shard`), combine the shards' partial metrics,
+build the report and the manifest, all in the run's pending area, then commit once.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows import DEFAULT_INPUT, DEFAULT_OUTPUT, REPO
-from flows.io import OutputStore, TransientInputError, load_config, read_input
-from flows.outputs import checked, cohort_frame, history_frames, metric_day_frames, snapshot_frame
-from flows.report import write_report
-from schemas.quarantine import ActivitiesQuarantineSchema, LeadsQuarantineSchema
-from transforms.classify import History, classify
-from transforms.config import DaskConfig, FunnelConfig, SourceConfig
-from transforms.metrics import (
-    cohort_conversion,
-    combine_cohort_conversion,
-    combine_daily_funnel,
-    combine_transitions_daily,
-    daily_funnel,
-    transitions_daily,
+from flows.catalog import (
+    COHORT_CONVERSION,
+    DAILY_FUNNEL,
+    DATED,
+    LEAD_GRAIN,
+    QUARANTINE,
+    SLA_DAILY,
+    SNAPSHOTS,
+    TRANSITIONS_DAILY,
 )
-from transforms.sharding import reached_counts
-from transforms.staging import Staged, stage_activities, stage_leads
+from flows.inputs import TransientInputError, read_input
+from flows.lineage import Lineage
+from flows.quality import QualityError, emit_run_completed, quality_violations
+from flows.report import write_report
+from flows.settings import GuardConfig, RunSettings, Settings, SourceConfig, load_settings, redacted_location
+from flows.shard import (
+    DatesWritten,
+    Replayed,
+    forget,
+    peak_rss_gb,
+    read_shard_inputs,
+    replay_shard,
+    split,
+    write_dates,
+    write_shard_inputs,
+)
+from flows.store import OutputStore, check_atomic
+from transforms.calendar import boundary
+from transforms.metrics import combine_cohort_conversion, combine_daily_funnel, combine_transitions_daily
+from transforms.restatement import combine_fingerprints, earliest_change, first_changed_date
+from transforms.rules import FunnelConfig
+from transforms.sla import combine_sla_daily
+from transforms.validation import RawTable, TableValidation, validate_activities, validate_leads
+
+DEFAULT_REMOTE_SHARDS = 8
+# Activities per shard a local run aims at when no shard count is set: one shard up to here.
+ACTIVITIES_PER_SHARD = 50_000_000
+
+
+class CollapsedInputError(RuntimeError):
+    """The input collapsed (no valid lead, far fewer than last time, mostly quarantined): nothing published."""
 
 
 @dataclass(frozen=True)
 class Inputs:
     """Raw input tables as read."""
 
-    leads: pl.DataFrame
-    activities: pl.DataFrame
+    leads: RawTable
+    activities: RawTable
 
 
 @dataclass(frozen=True)
 class Validated:
     """Both tables after validation."""
 
-    leads: Staged
-    activities: Staged
+    leads: TableValidation
+    activities: TableValidation
 
 
 @dataclass
@@ -69,21 +99,21 @@ class RunSummary:
     written: dict[str, int] = field(default_factory=dict)
     report: Path | None = None
     shards: int = 1
+    dates: dict[str, list[str]] = field(default_factory=dict)  # written, by reason
 
 
-@dataclass(frozen=True)
-class Published:
-    """What the writing part of a run hands back for the manifest and the artifact."""
+def default_as_of(timezone: str, now: datetime | None = None) -> date:
+    """The day before the run's scheduled start (or now) in the configured timezone.
 
-    written: dict[str, int]
-    daily_funnel: pl.DataFrame
-    reached: list[int]
-    worker_peak_rss_gb: dict[int, float] = field(default_factory=dict)  # per Dask worker process
+    Inside a Prefect flow run the scheduled start is used, so a late or retried run still
+    publishes the date it was scheduled for.
+    """
+    if now is None:
+        from prefect.runtime import flow_run
 
-
-def default_as_of(timezone: str) -> date:
-    """Yesterday in the configured timezone: the last complete local day."""
-    return datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
+        scheduled = flow_run.scheduled_start_time
+        now = scheduled if isinstance(scheduled, datetime) else datetime.now(UTC)
+    return now.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
 
 
 def code_version() -> str:
@@ -118,15 +148,189 @@ def extract(location: str, source: SourceConfig) -> Inputs:
 @task(cache_policy=NO_CACHE)
 def validate(inputs: Inputs, config: FunnelConfig, run_start: datetime) -> Validated:
     """Row rules, duplicates and references; every row valid, quarantined or collapsed."""
-    leads = stage_leads(inputs.leads, run_start)
-    activities = stage_activities(inputs.activities, leads.valid, config.catalogue, run_start)
+    leads = validate_leads(inputs.leads, run_start, config.personal_columns)
+    activities = validate_activities(inputs.activities, leads.valid, config.catalogue, run_start)
     return Validated(leads=leads, activities=activities)
 
 
-@task(cache_policy=NO_CACHE)
-def replay_history(valid: Validated, config: FunnelConfig, as_of: date) -> History:
-    """One replay of all history up to the as-of boundary."""
-    return classify(valid.leads.valid.lazy(), valid.activities.valid.lazy(), config, as_of)
+def guard(valid: Validated, limits: GuardConfig, last_valid_leads: int | None) -> None:
+    """Refuse to publish a collapsed input (FUNNEL_SPEC.md section 4); --force skips this."""
+    leads = valid.leads.counts
+    if leads.valid == 0:
+        raise CollapsedInputError(f"input has no valid lead ({leads.read} read, {leads.quarantined} quarantined): "
+                                  "nothing published (--force publishes anyway)")
+    if last_valid_leads and leads.valid < limits.min_lead_ratio * last_valid_leads:
+        raise CollapsedInputError(f"input has {leads.valid} valid leads, fewer than {limits.min_lead_ratio:.0%} of "
+                                  f"the last published run's {last_valid_leads}: nothing published "
+                                  "(--force publishes anyway)")
+    for table, result in (("leads", valid.leads), ("activities", valid.activities)):
+        counts = result.counts
+        if counts.read and counts.quarantined / counts.read > limits.max_quarantine_share:
+            raise CollapsedInputError(f"{table}: {counts.quarantined} of {counts.read} rows quarantined, more than "
+                                      f"{limits.max_quarantine_share:.0%}: nothing published (--force publishes "
+                                      "anyway)")
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def replay(shard: int, pending_root: str, config: FunnelConfig, as_of: date, fingerprint_from: date,
+           leads: pl.DataFrame | None = None, activities: pl.DataFrame | None = None) -> Replayed:
+    """One shard's replay: its input given in-process, or read from the pending area (on a Dask worker)."""
+    pending = OutputStore(Path(pending_root))
+    if leads is None or activities is None:
+        leads, activities = read_shard_inputs(pending, shard)
+    return replay_shard(leads, activities, config, as_of, pending, shard, fingerprint_from)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def dates_of_shard(shard: int, pending_root: str, config: FunnelConfig, as_of: date,
+                   dates: list[date]) -> DatesWritten:
+    """One shard's part of every date partition the run writes."""
+    return write_dates(config, as_of, dates, OutputStore(Path(pending_root)), shard)
+
+
+def shard_count(run: RunSettings, activities: int) -> int:
+    """Shards of this run: as configured, else one per Dask worker, else from the input's size."""
+    if run.shards:
+        return run.shards
+    if run.dask.address:
+        return DEFAULT_REMOTE_SHARDS
+    if run.dask.workers:
+        return run.dask.workers
+    return max(1, -(-activities // ACTIVITIES_PER_SHARD))
+
+
+@dataclass
+class DatePlan:
+    """Which date partitions a run writes, and why (FUNNEL_SPEC.md section 4)."""
+
+    asked: list[date]  # the run's own dates: D, or S..E of a backfill
+    catch_up: list[date]  # after the last published date, up to the run's first date
+    rules_changed: list[date]  # every other published date, when the rules' hash changed
+    maybe_changed: list[date]  # published dates the new input may have changed; kept only if they did
+    late_rows: list[date] = field(default_factory=list)  # those of them whose rows did change
+
+    @property
+    def dates(self) -> list[date]:
+        """Every date computed, in order."""
+        return sorted({*self.asked, *self.catch_up, *self.rules_changed, *self.maybe_changed})
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """For the manifest: the dates written, by reason."""
+        return {reason: [d.isoformat() for d in days] for reason, days in (
+            ("asked", self.asked), ("catch_up", self.catch_up), ("rules_changed", self.rules_changed),
+            ("late_rows", self.late_rows))}
+
+
+def plan_dates(flow_name: str, store: OutputStore, config: FunnelConfig, run: RunSettings, start: date,
+               end: date, force: bool) -> tuple[DatePlan, list[date]]:
+    """The run's dates, catch-up and rules-changed restatement; and the published dates still to check."""
+    asked = pl.date_range(start, end, eager=True).to_list()
+    published = [d for d in store.published_dates(SNAPSHOTS) if d <= end and d not in set(asked)]
+    last_date = max(store.published_dates(SNAPSHOTS), default=None)
+    catch_up = []
+    if last_date is not None and last_date < start - timedelta(days=1):
+        catch_up = pl.date_range(last_date + timedelta(days=1), start - timedelta(days=1), eager=True).to_list()
+        if len(catch_up) > run.max_catch_up_days and not force:
+            raise ValueError(f"{len(catch_up)} unpublished dates since {last_date} exceed run.max_catch_up_days "
+                             f"({run.max_catch_up_days}); run `funnel backfill --start {catch_up[0]} --end {end}` "
+                             "or raise the limit")
+    manifests = store.manifests()
+    if manifests and published and manifests[-1]["config_hash"] != config.config_hash:
+        if flow_name == "nightly" and run.on_rules_change == "refuse":
+            raise ValueError(f"the rules changed since the last run ({manifests[-1]['config_hash']} -> "
+                             f"{config.config_hash}); restate every published date with `funnel backfill --start "
+                             f"{min(published)} --end {end}`")
+        return DatePlan(asked, catch_up, published, []), []
+    return DatePlan(asked, catch_up, [], []), published
+
+
+def _published_fingerprint(manifests: list[dict[str, Any]]) -> pl.DataFrame | None:
+    if not manifests or "points_fingerprint" not in manifests[-1]:
+        return None
+    rows = manifests[-1]["points_fingerprint"]
+    return pl.DataFrame(rows, schema={"date": pl.String, "_lo": pl.Int64, "_hi": pl.Int64, "_n": pl.Int64},
+                        orient="row").with_columns(pl.col("date").str.to_date())
+
+
+def maybe_changed(store: OutputStore, pending: OutputStore, to_check: list[date], fingerprint: pl.DataFrame,
+                  config: FunnelConfig) -> list[date]:
+    """The published dates whose partitions the new input may have changed (see transforms/restatement.py)."""
+    if not to_check:
+        return []
+    old_fingerprint = _published_fingerprint(store.manifests())
+    if old_fingerprint is None or any(not store.path(d).exists() for d in LEAD_GRAIN):
+        return to_check  # nothing to compare with: check every date
+    last = max(to_check)
+    frames = {d.name: (pl.scan_parquet(store.path(d)), pl.scan_parquet(pending.path(d))) for d in LEAD_GRAIN}
+    instant = earliest_change({k: v[0] for k, v in frames.items()}, {k: v[1] for k, v in frames.items()},
+                              boundary(last, config.timezone))
+    firsts = [first_changed_date(old_fingerprint, fingerprint, last)]
+    if instant is not None:
+        firsts.append(instant.astimezone(ZoneInfo(config.timezone)).date())
+    first = min((d for d in firsts if d is not None), default=None)
+    return [] if first is None else [d for d in to_check if d >= first]
+
+
+def unchanged_partitions(store: OutputStore, pending: OutputStore, dates: list[date]) -> list[date]:
+    """Drop from the pending area every partition of these dates equal to the published one; the dates left alike."""
+    alike = []
+    for day in dates:
+        same = 0
+        for dataset in DATED:
+            new, old = pending.path(dataset, day), store.path(dataset, day)
+            if new.exists() and old.exists() and _same_rows(pl.read_parquet(new), pl.read_parquet(old), dataset.key):
+                shutil.rmtree(new)
+                same += 1
+        if same == len(DATED):
+            alike.append(day)
+    return alike
+
+
+def _same_rows(new: pl.DataFrame, old: pl.DataFrame, key: tuple[str, ...]) -> bool:
+    if new.schema != old.schema or new.height != old.height:
+        return False
+    return new.sort(key).equals(old.sort(key))
+
+
+def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: OutputStore,
+               pending: OutputStore, plan: DatePlan, to_check: list[date]) -> tuple[list[Replayed], list[DatesWritten]]:
+    """Every shard's replay, then every shard's dates: in this process one after another, or on Dask."""
+    shards = shard_count(run, valid.activities.counts.valid)
+    as_of = max(plan.asked)
+    fingerprint_from = min([*plan.dates, *to_check]) - timedelta(days=config.window_days)
+    root = str(pending.root)
+    try:
+        if run.dask.enabled:
+            from flows.cluster import on_dask
+
+            write_shard_inputs(valid.leads.valid, valid.activities.valid, pending, shards)
+            replayed = on_dask(run.dask, replay, [(s, root, config, as_of, fingerprint_from) for s in range(shards)])
+        else:
+            pairs = zip(split(valid.leads.valid, shards), split(valid.activities.valid, shards), strict=True)
+            replayed = [replay(s, root, config, as_of, fingerprint_from, leads, activities)
+                        for s, (leads, activities) in enumerate(pairs)]
+        fingerprint = combine_fingerprints([r.fingerprint for r in replayed])
+        plan.maybe_changed = maybe_changed(store, pending, to_check, fingerprint, config)
+        dates = plan.dates
+        if run.dask.enabled:
+            written = on_dask(run.dask, dates_of_shard, [(s, root, config, as_of, dates) for s in range(shards)])
+        else:
+            written = [dates_of_shard(s, root, config, as_of, dates) for s in range(shards)]
+    finally:
+        forget(pending)
+    plan.late_rows = [d for d in plan.maybe_changed if d not in set(unchanged_partitions(store, pending,
+                                                                                         plan.maybe_changed))]
+    return replayed, written
+
+
+@dataclass(frozen=True)
+class Combined:
+    """The run-wide metrics combined from every shard's partials."""
+
+    daily_funnel: pl.DataFrame
+    written: dict[str, int]
+    reached: list[int]
+    fingerprint: pl.DataFrame
 
 
 def _add(total: dict[str, int], rows: dict[str, int]) -> None:
@@ -134,64 +338,48 @@ def _add(total: dict[str, int], rows: dict[str, int]) -> None:
         total[name] = total.get(name, 0) + count
 
 
-def _quarantine_frames(valid: Validated) -> dict[str, pl.DataFrame]:
-    """Both tables' quarantined rows, by table, checked."""
-    return {table: checked(schema.validate, staged.quarantine, f"quarantine/{table}")
-            for table, staged, schema in (("leads", valid.leads, LeadsQuarantineSchema),
-                                          ("activities", valid.activities, ActivitiesQuarantineSchema))}
-
-
 @task(cache_policy=NO_CACHE)
-def write_history(history: History, valid: Validated, store: OutputStore) -> dict[str, int]:
-    """Whole datasets: transitions, stage_history, milestones, cohort_conversion, quarantine."""
-    frames = history_frames(history)
-    frames["metrics/cohort_conversion"] = cohort_frame(
-        cohort_conversion(frames["milestones"].lazy(), history.as_of, history.config).collect())
-    written = {name: store.write_dataset(name, frame) for name, frame in frames.items()}
-    for table, frame in _quarantine_frames(valid).items():
-        written[f"quarantine/{table}"] = store.write_frame(frame, store.quarantine_dir(table, history.as_of))
-    return written
+def combine(replayed: list[Replayed], dated: list[DatesWritten], valid: Validated, config: FunnelConfig,
+            pending: OutputStore, plan: DatePlan, on_day: Callable[[date], None] | None) -> Combined:
+    """Run-wide metrics and quarantine, checked and written into the pending area."""
+    as_of, dates = max(plan.asked), plan.dates
+    written: dict[str, int] = {}
+    parts: list[Replayed | DatesWritten] = [*replayed, *dated]
+    for part in parts:
+        _add(written, part.written)
+    start, end = min(dates), max(dates)
+    funnel = combine_daily_funnel([r.daily_funnel for r in dated], config)
+    moves = combine_transitions_daily([r.transitions_daily.lazy() for r in dated], config).collect()
+    handoffs = combine_sla_daily([r.sla_daily.lazy() for r in dated], start, end, config).filter(
+        pl.col("date").is_in(pl.Series(dates, dtype=pl.Date).implode())).collect()
+    cohort = combine_cohort_conversion([r.cohort_conversion.lazy() for r in replayed], as_of, config).collect()
+    written[COHORT_CONVERSION.name] = pending.write_dataset(COHORT_CONVERSION, COHORT_CONVERSION.check(cohort, config))
+    for table, checked in (("leads", valid.leads), ("activities", valid.activities)):
+        dataset = QUARANTINE[table]
+        written[dataset.name] = pending.write_dataset(dataset, dataset.check(checked.quarantine, config), day=as_of)
+    for day in dates:
+        for dataset, frame in ((DAILY_FUNNEL, funnel), (TRANSITIONS_DAILY, moves), (SLA_DAILY, handoffs)):
+            rows = dataset.check(frame.filter(pl.col("date") == day), config)
+            _add(written, {dataset.name: pending.write_dataset(dataset, rows, day=day)})
+        if on_day is not None:
+            on_day(day)
+    reached = [sum(column) for column in zip(*(r.reached for r in replayed), strict=True)]
+    fingerprint = combine_fingerprints([r.fingerprint for r in replayed])
+    return Combined(daily_funnel=funnel, written=written, reached=reached, fingerprint=fingerprint)
 
 
-@dataclass(frozen=True)
-class DailyMetrics:
-    """Daily metrics and snapshot states for a whole date range, computed once, split per date."""
-
-    daily_funnel: pl.DataFrame
-    transitions_daily: pl.DataFrame
-    states: pl.DataFrame
-
-
-@task(cache_policy=NO_CACHE)
-def daily_metrics(history: History, start: date, end: date) -> DailyMetrics:
-    """daily_funnel, transitions_daily and the snapshot states for every date of the range, once."""
-    config = history.config
-    funnel = daily_funnel(history.transitions.lazy(), history.intervals.lazy(), history.leads.lazy(),
-                          start, end, config).collect()
-    moves = transitions_daily(history.transitions.lazy(), start, end, config).collect()
-    return DailyMetrics(daily_funnel=funnel, transitions_daily=moves, states=history.snapshot_states(start))
-
-
-@task(cache_policy=NO_CACHE)
-def write_day(history: History, metrics: DailyMetrics, day: date, store: OutputStore) -> dict[str, int]:
-    """The date partitions of one day: snapshot, daily funnel, daily transitions."""
-    frames = {"snapshots": snapshot_frame(history, metrics.states, day),
-              **metric_day_frames(metrics.daily_funnel, metrics.transitions_daily, day)}
-    return {name: store.write_partition(name, day, frame) for name, frame in frames.items()}
-
-
-def _table_summary(staged: Staged) -> dict[str, Any]:
+def _table_summary(result: TableValidation) -> dict[str, Any]:
     reasons = (
-        staged.quarantine.select(pl.col("reasons").explode()).group_by("reasons").len()
+        result.quarantine.select(pl.col("reasons").explode()).group_by("reasons").len()
         .sort("reasons").rows()
     )
-    return {**staged.counts.as_dict(), "quarantine_reasons": dict(reasons)}
+    return {**result.counts.as_dict(), "quarantine_reasons": dict(reasons)}
 
 
-def _funnel_markdown(summary: RunSummary, config: FunnelConfig, published: Published) -> str:
+def _funnel_markdown(summary: RunSummary, config: FunnelConfig, combined: Combined) -> str:
     """The run's numbers and the funnel of the as-of date, for the Prefect UI."""
     today = (
-        published.daily_funnel.filter(pl.col("date") == summary.as_of)
+        combined.daily_funnel.filter(pl.col("date") == summary.as_of)
         .group_by("stage", maintain_order=True).agg(pl.col("in_stage").sum())
     )
     owners = {s.name: s.owner_team for s in config.stages}
@@ -201,152 +389,139 @@ def _funnel_markdown(summary: RunSummary, config: FunnelConfig, published: Publi
               for t, c in summary.tables.items()]
     lines += ["", "| stage | owner | leads in stage |", "|---|---|---|"]
     lines += [f"| {s} | {owners[s]} | {n} |" for s, n in today.rows()]
-    reached = published.reached
+    reached = combined.reached
     names = config.stage_names
     lines += ["", "| from -> to | reached from | reached to | conversion |", "|---|---|---|---|"]
     lines += [f"| {names[i]} -> {names[i + 1]} | {reached[i]} | {reached[i + 1]} | "
               f"{(reached[i + 1] / reached[i] if reached[i] else 0):.1%} |" for i in range(len(names) - 1)]
+    restated = {k: v for k, v in summary.dates.items() if k != "asked" and v}
+    if restated:
+        lines += ["", "| dates rewritten | why |", "|---|---|"]
+        lines += [f"| {', '.join(days)} | {reason.replace('_', ' ')} |" for reason, days in restated.items()]
     lines += ["", "| dataset | rows written |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(summary.written.items())]
     return "\n".join(lines)
 
 
-def _single(valid: Validated, config: FunnelConfig, store: OutputStore, start: date, end: date,
-            on_day: Callable[[date], None] | None) -> Published:
-    """One process: replay once, write the whole datasets, then every date's partitions."""
-    history = replay_history(valid, config, end)
-    metrics = daily_metrics(history, start, end)
-    written = write_history(history, valid, store)
-    days = pl.date_range(start, end, eager=True).to_list()
-    futures = write_day.map(unmapped(history), unmapped(metrics), days, unmapped(store))
-    for day, future in zip(days, futures, strict=True):
-        _add(written, future.result())
-        if on_day is not None:
-            on_day(day)
-    return Published(written=written, daily_funnel=metrics.daily_funnel,
-                     reached=reached_counts(history.transitions, len(config.stages)))
-
-
-@task(cache_policy=NO_CACHE)
-def split_input(valid: Validated, staged: OutputStore, shards: int) -> None:
-    """The validated tables, split by shard into the run's staging area."""
-    from flows.shards import stage_input
-
-    stage_input(valid.leads.valid, valid.activities.valid, staged, shards)
-
-
-def _sharded(valid: Validated, config: FunnelConfig, settings: DaskConfig, store: OutputStore, run_id: str,
-             start: date, end: date, on_day: Callable[[date], None] | None) -> Published:
-    """Shards on Dask, each writing its parts into a staging area, then one commit.
-
-    Metrics are combined from the shards' partial aggregates. Nothing is published unless
-    every shard succeeded.
-    """
-    from flows.shards import dask_runner, replay_shards
-
-    shards = settings.shard_count
-    staged = store.staging(run_id)
-    try:
-        split_input(valid, staged, shards)
-        runner = cast(TaskRunner[PrefectFuture[Any]], dask_runner(settings))
-        results = replay_shards.with_options(task_runner=runner)(
-            shards, str(staged.root), config, end, start, end)
-        written: dict[str, int] = {}
-        for result in results:
-            _add(written, result.written)
-        funnel = combine_daily_funnel([r.daily_funnel for r in results], config)
-        moves = combine_transitions_daily([r.transitions_daily.lazy() for r in results], config).collect()
-        cohort = cohort_frame(combine_cohort_conversion([r.cohort_conversion.lazy() for r in results], end,
-                                                        config).collect())
-        cohort_dir = staged.dataset_dir("metrics/cohort_conversion")
-        written["metrics/cohort_conversion"] = staged.write_part(cohort, cohort_dir)
-        for table, frame in _quarantine_frames(valid).items():
-            written[f"quarantine/{table}"] = staged.write_part(frame, staged.quarantine_dir(table, end))
-        for day in pl.date_range(start, end, eager=True).to_list():
-            for name, frame in metric_day_frames(funnel, moves, day).items():
-                _add(written, {name: staged.write_partition_part(name, day, frame)})
-            if on_day is not None:
-                on_day(day)
-        store.commit(staged)
-    finally:
-        shutil.rmtree(staged.root, ignore_errors=True)
-    reached = [sum(column) for column in zip(*(r.reached for r in results), strict=True)]
-    peaks: dict[int, float] = {}
-    for result in results:
-        peaks[result.worker_pid] = max(peaks.get(result.worker_pid, 0.0), result.worker_peak_rss_gb)
-    return Published(written=written, daily_funnel=funnel, reached=reached, worker_peak_rss_gb=peaks)
+def _last_valid_leads(store: OutputStore) -> int | None:
+    manifests = store.manifests()
+    return int(manifests[-1]["tables"]["leads"]["valid"]) if manifests else None
 
 
 def run_pipeline(flow_name: str, start: date | None, end: date | None, input_location: str | None, output_dir: Path,
                  config_path: Path | None, timezone: str | None,
                  on_day: Callable[[date], None] | None = None, workers: int | None = None,
-                 dask_address: str | None = None) -> RunSummary:
+                 dask_address: str | None = None, force: bool = False,
+                 shards: int | None = None) -> RunSummary:
     """Everything a run does; the two flows differ only in their date range."""
-    config = load_config(config_path, timezone)  # refused before any data is read
-    settings = config.dask.overridden(workers, dask_address)
-    location = input_location or config.source.uri or str(DEFAULT_INPUT)
+    settings = load_settings(config_path, timezone)  # refused before any data is read
+    config = settings.rules
+    run = settings.run
+    run = replace(run, dask=run.dask.overridden(workers, dask_address), shards=run.shards if shards is None else shards)
+    location = input_location or run.source.uri or str(DEFAULT_INPUT)
     end = end or default_as_of(config.timezone)
     start = start or end
     if start > end:
         raise ValueError(f"--start {start} is after --end {end}")
+    today = datetime.now(ZoneInfo(config.timezone)).date()
+    if end > today:
+        raise ValueError(f"as-of date {end} is after today ({today} in {config.timezone}): nothing published")
     store = OutputStore(output_dir)
     run_start = datetime.now(UTC)
-    summary = RunSummary(run_id=f"{run_start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", flow=flow_name,
-                         as_of=end, start=start, output=output_dir,
-                         shards=settings.shard_count if settings.enabled else 1)
-    with store.locked():
-        store.clear_tmp()
-        valid = validate(extract(location, config.source), config, run_start)
-        summary.tables = {"leads": _table_summary(valid.leads), "activities": _table_summary(valid.activities)}
-        if settings.enabled:
-            published = _sharded(valid, config, settings, store, summary.run_id, start, end, on_day)
-        else:
-            published = _single(valid, config, store, start, end, on_day)
-        summary.written = published.written
-        manifest = {
-            "run_id": summary.run_id, "flow": flow_name, "as_of": end.isoformat(),
-            "dates": {"start": start.isoformat(), "end": end.isoformat()},
-            "started_at": run_start.isoformat(), "ended_at": datetime.now(UTC).isoformat(),
-            "timezone": config.timezone, "config_hash": config.config_hash, "code_version": code_version(),
-            "input": location, "tables": summary.tables, "rows_written": summary.written,
-            "execution": {"shards": summary.shards, "dask_workers": settings.workers,
-                          "dask_address": settings.address,
-                          "worker_peak_rss_gb": sorted(published.worker_peak_rss_gb.values())},
-        }
-        store.write_manifest(summary.run_id, manifest)
-        summary.report = write_report(store, end, config)
-    create_markdown_artifact(_funnel_markdown(summary, config, published), key="funnel-run",
+    run_id = f"{run_start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    with Lineage.start(settings, f"funnel-{flow_name}", location, output_dir) as lineage:
+        summary, manifest, combined = _publish(flow_name, start, end, location, store, settings, run, force, run_id,
+                                               run_start, on_day, lineage)
+    emit_run_completed(manifest, output_dir)
+    create_markdown_artifact(_funnel_markdown(summary, config, combined), key="funnel-run",
                              description=f"Funnel as of {end}")
+    if manifest["quality_violations"]:
+        raise QualityError(manifest["quality_violations"])
     return summary
 
 
-# Two workers for two cores: each date task holds one day's snapshot in memory, and Polars
-# already uses every core inside a task; an unbounded pool ran all 365 days of a backfill at
-# once (21 GB at 1M leads).
-DATE_WORKERS = 2
+def _publish(flow_name: str, start: date, end: date, location: str, store: OutputStore, settings: Settings,
+             run: RunSettings, force: bool, run_id: str, run_start: datetime,
+             on_day: Callable[[date], None] | None, lineage: Lineage) -> tuple[RunSummary, dict[str, Any], Combined]:
+    config = settings.rules
+    output_dir = store.root
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        phases[phase] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
+    inputs = extract(location, run.source)  # a missing input fails here, before the output location is touched
+    lap("extract")
+    with store.locked():
+        store.clear_tmp()
+        check_atomic(store.root)
+        plan, to_check = plan_dates(flow_name, store, config, run, start, end, force)
+        valid = validate(inputs, config, run_start)
+        del inputs
+        lap("validate")
+        if not force:
+            guard(valid, run.guard, _last_valid_leads(store))
+        summary = RunSummary(run_id=run_id, flow=flow_name, as_of=end, start=start, output=output_dir,
+                             tables={"leads": _table_summary(valid.leads),
+                                     "activities": _table_summary(valid.activities)})
+        pending = store.pending(run_id)
+        replayed, dated = run_shards(valid, config, run, store, pending, plan, to_check)
+        summary.shards = len(replayed)
+        summary.dates = plan.as_dict()
+        lap("shards")
+        combined = combine(replayed, dated, valid, config, pending, plan, on_day)
+        summary.written = combined.written
+        lap("combine")
+        peaks: dict[int, float] = {}
+        parts: list[Replayed | DatesWritten] = [*replayed, *dated]
+        for part in parts:
+            peaks[part.pid] = max(peaks.get(part.pid, 0.0), part.peak_rss_gb)
+        manifest = {
+            "run_id": run_id, "flow": flow_name, "as_of": end.isoformat(),
+            "dates": {"start": start.isoformat(), "end": end.isoformat()},
+            "dates_written": summary.dates,
+            "started_at": run_start.isoformat(), "ended_at": datetime.now(UTC).isoformat(),
+            "timezone": config.timezone, "config_hash": config.config_hash, "code_version": code_version(),
+            "input": redacted_location(location), "tables": summary.tables, "rows_written": summary.written,
+            "forced": force,
+            "execution": {"shards": summary.shards, "dask_workers": run.dask.workers,
+                          "dask_address": run.dask.address, "driver_peak_rss_gb": peak_rss_gb(),
+                          "worker_peak_rss_gb": sorted(v for pid, v in peaks.items() if pid != os.getpid())},
+            "points_fingerprint": [[d.isoformat(), lo, hi, n] for d, lo, hi, n in combined.fingerprint.rows()],
+        }
+        manifest["quality_violations"] = quality_violations(manifest, run.quality)
+        manifest["lineage_run_id"] = lineage.run_id
+        summary.report = write_report(store, pending, manifest, config)
+        lap("report")
+        manifest["phase_seconds"] = phases  # the manifest is part of the commit, so the commit is not timed here
+        pending.write_manifest(run_id, manifest)
+        store.commit(pending)
+    lineage.complete(manifest)
+    return summary, manifest, combined
 
 
-def _date_runner() -> TaskRunner[PrefectFuture[Any]]:
-    return cast(TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=DATE_WORKERS))
-
-
-@flow(name="funnel-nightly", log_prints=False, task_runner=_date_runner())
+@flow(name="funnel-nightly", log_prints=False)
 def nightly(as_of: date | None = None, input_location: str | None = None, output_dir: str = str(DEFAULT_OUTPUT),
             config_path: str | None = None, timezone: str | None = None, workers: int | None = None,
-            dask_address: str | None = None) -> RunSummary:
-    """Recompute the whole history as of one date and write every dataset and its partitions.
+            dask_address: str | None = None, force: bool = False, shards: int | None = None) -> RunSummary:
+    """Recompute the whole history as of one date (default: the day before the scheduled start) and publish it.
 
-    `workers` / `dask_address` shard the replay on a local or an existing Dask cluster.
+    `workers` / `dask_address` run the shards on a local or an existing Dask cluster.
     """
     return run_pipeline("nightly", None, as_of, input_location, Path(output_dir),
-                        Path(config_path) if config_path else None, timezone, None, workers, dask_address)
+                        Path(config_path) if config_path else None, timezone, None, workers, dask_address, force,
+                        shards)
 
 
-@flow(name="funnel-backfill", log_prints=False, task_runner=_date_runner())
+@flow(name="funnel-backfill", log_prints=False)
 def backfill(start: date, end: date, input_location: str | None = None, output_dir: str = str(DEFAULT_OUTPUT),
              config_path: str | None = None, timezone: str | None = None,
              on_day: Callable[[date], None] | None = None, workers: int | None = None,
-             dask_address: str | None = None) -> RunSummary:
+             dask_address: str | None = None, force: bool = False, shards: int | None = None) -> RunSummary:
     """Write the partitions of every date from start to end from one history as of end."""
     return run_pipeline("backfill", start, end, input_location, Path(output_dir),
-                        Path(config_path) if config_path else None, timezone, on_day, workers, dask_address)
+                        Path(config_path) if config_path else None, timezone, on_day, workers, dask_address, force,
+                        shards)

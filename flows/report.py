@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,25 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
-from flows.io import OutputStore
-from transforms.config import FunnelConfig
-from transforms.report import all_sources_cohorts, backward_weekly, by_source, cohort_matrix, funnel_today, stage_series
+from flows.catalog import DAILY_FUNNEL, MILESTONES, OWNER_HISTORY, SLA, SLA_DAILY, TRANSITIONS, Dataset
+from flows.store import OutputStore
+from transforms.report import (
+    all_sources_cohorts,
+    backward_weekly,
+    by_source,
+    cohort_matrix,
+    funnel_today,
+    overdue_by_owner,
+    pickup_hours_weekly,
+    restatements,
+    sla_weekly,
+    stage_series,
+)
+from transforms.rules import FunnelConfig
 
 TEAM_COLOURS = {"marketing": "#2b7bba", "sales": "#e07b39"}
 SERIES_DAYS = 90
+DAILY_FUNNEL_COLUMNS = ["date", "source", "stage", "in_stage", "entered", "exited_forward", "exited_backward"]
 
 
 def _figure(fig: go.Figure, title: str, x: str, y: str, height: int = 420) -> go.Figure:
@@ -58,11 +70,16 @@ def _cohort_figure(matrix: pl.DataFrame) -> go.Figure:
 
 def _series_figure(series: pl.DataFrame) -> go.Figure:
     fig = go.Figure()
+    days = series["date"].n_unique()
     for stage in series["stage"].unique(maintain_order=True).to_list():
         rows = series.filter(pl.col("stage") == stage)
         fig.add_trace(go.Scatter(x=rows["date"].to_list(), y=rows["in_stage"].to_list(), name=stage,
-                                 mode="lines", stackgroup="stages"))
-    return _figure(fig, "Leads in each stage over time", "date", "leads in stage (stacked)")
+                                 mode="lines" if days > 2 else "lines+markers", stackgroup="stages"))
+    fig.update_xaxes(type="date", tickformat="%Y-%m-%d", dtick=86_400_000 if days < 8 else None)
+    title = "Leads in each stage over time"
+    if days < 2:  # a first run: say how to get a history rather than draw an empty axis
+        title += " (one day computed so far: `funnel backfill` fills earlier dates)"
+    return _figure(fig, title, "date", "leads in stage (stacked)")
 
 
 def _backward_figure(weekly: pl.DataFrame) -> go.Figure:
@@ -79,7 +96,7 @@ def _source_figure(sources: pl.DataFrame) -> go.Figure:
     fig = go.Figure()
     for stage in sources["stage"].unique(maintain_order=True).to_list():
         rows = sources.filter(pl.col("stage") == stage)
-        fig.add_trace(go.Bar(x=rows["source"].to_list(), y=rows["in_stage"].to_list(), name=stage,
+        fig.add_trace(go.Bar(x=[html.escape(s) for s in rows["source"]], y=rows["in_stage"].to_list(), name=stage,
                              text=rows["in_stage"].to_list(), textposition="auto"))
     fig.update_layout(barmode="group")
     return _figure(fig, "Leads per stage by source today", "source", "leads in stage")
@@ -96,6 +113,44 @@ def _quality_figure(manifest: dict[str, Any]) -> go.Figure:
     return _figure(fig, f"Input rows of run {manifest['run_id']}", "input table", "rows")
 
 
+def _handoff_figure(weekly: pl.DataFrame, pickup: pl.DataFrame, stage: str, hours: float) -> go.Figure:
+    rows = weekly.filter(pl.col("stage") == stage)
+    fig = go.Figure()
+    for key, name, colour in (("met_on_time", "met on time", "#4c9a2a"), ("stopped_late", "answered late", "#e0a030"),
+                              ("overdue", "still overdue at week's end", "#c0392b")):
+        fig.add_trace(go.Bar(x=rows["week"].to_list(), y=rows[key].to_list(), name=name, marker_color=colour,
+                             text=rows[key].to_list(), textposition="inside"))
+    times = pickup.filter(pl.col("stage") == stage)
+    fig.add_trace(go.Scatter(x=times["week"].to_list(), y=times["median_hours"].to_list(), yaxis="y2",
+                             name="median hours to pick up", mode="lines+markers", line_color="#333"))
+    fig.update_layout(barmode="stack", yaxis2={"overlaying": "y", "side": "right", "title": "median hours",
+                                               "rangemode": "tozero"})
+    return _figure(fig, f"Leads entering {stage}: answered within {hours:g} h or not, per week", "week (Monday)",
+                   "leads entering the stage")
+
+
+def _owners_table(overdue: pl.DataFrame, as_of: date) -> str:
+    if overdue.is_empty():
+        return f"<p>No lead is overdue at the end of {as_of}.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(owner)}</td><td>{n:,}</td><td>{html.escape(stages)}</td>"
+        f"<td>{due:%Y-%m-%d %H:%M} UTC</td></tr>"
+        for owner, n, stages, due in overdue.rows())
+    return (f"<p>Who has the overdue leads at the end of {as_of} (the lead's owner now):</p><table><tr><th>owner</th>"
+            f"<th>overdue leads</th><th>stages</th><th>longest overdue since</th></tr>{rows}</table>")
+
+
+def _restatements_table(restated: pl.DataFrame, as_of: date) -> str:
+    if restated.is_empty():
+        return f"<p>No earlier date was rewritten in the 30 days up to {as_of}.</p>"
+    reasons = {"late_rows": "rows arrived late", "rules_changed": "the rules changed", "catch_up": "missed nights"}
+    rows = "".join(
+        f"<tr><td>{run_date}</td><td>{html.escape(reasons[reason])}</td><td>{n:,}</td><td>{first} .. {last}</td></tr>"
+        for _run, run_date, reason, n, first, last in restated.rows())
+    return ("<table><tr><th>run of</th><th>why</th><th>dates rewritten</th><th>from .. to</th></tr>"
+            f"{rows}</table>")
+
+
 def _reasons_table(manifest: dict[str, Any]) -> str:
     def reasons(counts: dict[str, int]) -> str:
         return html.escape(", ".join(f"{k}: {v:,}" for k, v in counts.items()) or "-")
@@ -110,20 +165,32 @@ def _reasons_table(manifest: dict[str, Any]) -> str:
 
 
 def latest_manifest(store: OutputStore, as_of: date) -> dict[str, Any]:
-    """The manifest of the latest run with this as-of date."""
-    manifests = [json.loads(p.read_text()) for p in sorted((store.root / "runs").glob("*.json"))]
-    matching = [m for m in manifests if m["as_of"] == as_of.isoformat()]
+    """The manifest of the latest committed run with this as-of date."""
+    matching = [m for m in store.manifests() if m["as_of"] == as_of.isoformat()]
     if not matching:
-        raise FileNotFoundError(f"{store.root / 'runs'}: no run manifest for as-of {as_of}")
-    return max(matching, key=lambda m: m["ended_at"])
+        raise FileNotFoundError(f"{store.manifest_path('*').parent}: no run manifest for as-of {as_of}")
+    return matching[-1]
 
 
-def render_report(store: OutputStore, as_of: date, config: FunnelConfig) -> str:
-    """The report page for one as-of date, from the datasets under the output location."""
-    daily = pl.read_parquet(store.root / "metrics" / "daily_funnel", hive_partitioning=True)
-    transitions = pl.read_parquet(store.dataset_dir("transitions"))
-    milestones = pl.read_parquet(store.dataset_dir("milestones"))
-    manifest = latest_manifest(store, as_of)
+def _dated(store: OutputStore, pending: OutputStore | None, dataset: Dataset) -> pl.DataFrame:
+    """Every date of a dated dataset: the pending run's partitions over the published ones."""
+    new = set(pending.published_dates(dataset)) if pending else set()
+    frames = [pl.read_parquet(store.path(dataset, day)).with_columns(pl.lit(day).alias(str(dataset.partition)))
+              for day in store.published_dates(dataset) if day not in new]
+    if pending is not None:
+        frames += [pl.read_parquet(pending.path(dataset, day)).with_columns(pl.lit(day).alias(str(dataset.partition)))
+                   for day in sorted(new)]
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def render_report(store: OutputStore, pending: OutputStore | None, manifest: dict[str, Any],
+                  config: FunnelConfig) -> str:
+    """The report page of one run, from its datasets (pending ones over published ones)."""
+    as_of = date.fromisoformat(manifest["as_of"])
+    source = pending or store
+    daily = _dated(store, pending, DAILY_FUNNEL).select(DAILY_FUNNEL_COLUMNS)
+    transitions = pl.read_parquet(source.path(TRANSITIONS))
+    milestones = pl.read_parquet(source.path(MILESTONES))
     cohorts_all = all_sources_cohorts(milestones, as_of, config)
     sections = [
         ("The funnel today", f"Leads in each stage at the end of {as_of}, the team that owns them, and the share "
@@ -138,13 +205,31 @@ def render_report(store: OutputStore, as_of: date, config: FunnelConfig) -> str:
          "stage), by the stage it left.", _backward_figure(backward_weekly(transitions, as_of, config))),
         ("By source", "Leads in each stage today for every acquisition source.",
          _source_figure(by_source(daily, as_of, config))),
-        ("Data quality", "Rows read from each input, how many were usable, refused (quarantined) or exact "
-         "duplicates (collapsed).", _quality_figure(manifest)),
     ]
+    sla = pl.read_parquet(source.path(SLA))
+    handoffs = _dated(store, pending, SLA_DAILY) if config.slas else None
+    for rule in config.slas:
+        assert handoffs is not None
+        sections.append((
+            f"Handoffs into {rule.stage}",
+            f"Every lead entering {rule.stage} starts a clock: it is answered on time when "
+            f"{' or '.join(rule.met_by) + ' happens or ' if rule.met_by else ''}the lead leaves {rule.stage} within "
+            f"{rule.within_hours:g} hours. Bars count the leads per week; the line is the median time it took.",
+            _handoff_figure(sla_weekly(handoffs, as_of, config), pickup_hours_weekly(sla, as_of, config), rule.stage,
+                            rule.within_hours)))
+    sections.append(("Data quality", "Rows read from each input, how many were usable, refused (quarantined) or "
+                     "exact duplicates (collapsed).", _quality_figure(manifest)))
     parts = []
     for i, (title, explanation, fig) in enumerate(sections):
         chart = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
         parts.append(f"<section><h2>{html.escape(title)}</h2><p>{html.escape(explanation)}</p>{chart}</section>")
+    if config.slas:
+        owners = pl.read_parquet(source.path(OWNER_HISTORY))
+        parts.append(f"<section><h2>Overdue leads by owner</h2>{_owners_table(overdue_by_owner(sla, owners), as_of)}"
+                     "</section>")
+    restated = restatements([*store.manifests(), manifest], as_of)
+    parts.append(f"<section><h2>Rewritten dates</h2><p>Earlier dates recomputed by the runs of the last 30 days, "
+                 f"so that every published date stays true.</p>{_restatements_table(restated, as_of)}</section>")
     parts.append(_reasons_table(manifest))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Lead funnel as of {as_of}</title>
@@ -159,9 +244,15 @@ config {html.escape(manifest['config_hash'])}, code {html.escape(manifest['code_
 """
 
 
-def write_report(store: OutputStore, as_of: date, config: FunnelConfig) -> Path:
-    """Write report/as_of=D/index.html and report/latest.html, each atomically."""
-    page = render_report(store, as_of, config)
-    target = store.write_text(page, store.root / "report" / f"as_of={as_of.isoformat()}" / "index.html")
-    store.write_text(page, store.root / "report" / "latest.html")
-    return target
+def write_report(store: OutputStore, pending: OutputStore | None, manifest: dict[str, Any],
+                 config: FunnelConfig) -> Path:
+    """Write report/as_of=D/index.html and report/latest.html into the pending area (or the store).
+
+    Returns where the page is once published.
+    """
+    page = render_report(store, pending, manifest, config)
+    as_of = date.fromisoformat(manifest["as_of"])
+    target = pending or store
+    target.write_text(page, target.report_path(as_of))
+    target.write_text(page, target.report_path())
+    return store.report_path(as_of)

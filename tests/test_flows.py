@@ -15,12 +15,15 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from flows.io import PART, InputError, OutputStore, RunLockedError
+from flows import catalog
+from flows.inputs import InputError
+from flows.store import OutputStore, RunLockedError
+from synthetic.generate import write_inputs
 from tests.conftest import dirty_input
 
 AS_OF = date(2026, 10, 31)
-DATASETS = ["transitions", "stage_history", "milestones", "snapshots", "metrics/daily_funnel",
-            "metrics/transitions_daily", "metrics/cohort_conversion", "quarantine/leads", "quarantine/activities"]
+DATASETS = [d.name for d in catalog.DATASETS]
+PART = "part-0.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,7 @@ def test_deployment_schedule_and_parameters(tmp_path: Path) -> None:
     assert deployment.parameters == {"input_location": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"),
                                      "config_path": None, "timezone": "Europe/Berlin", "workers": None,
                                      "dask_address": None}
+    assert not any("password" in str(v) for v in deployment.parameters.values())
     sharded = nightly_deployment(tmp_path / "in", tmp_path / "out", None, None, None, 4, "tcp://10.0.0.5:8786")
     assert (sharded.parameters["workers"], sharded.parameters["dask_address"]) == (4, "tcp://10.0.0.5:8786")
 
@@ -62,7 +66,7 @@ def test_nightly_run_rerun_and_backfill(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     summary = nightly(as_of=AS_OF, input_location=str(inputs), output_dir=str(out))
     first = _read_all(out)
-    assert first["snapshots"].columns == ["lead_id", "source", "stage", "owner_team", "stage_entered_at",
+    assert first["snapshots"].columns == ["lead_id", "source", "stage", "owner_team", "owner_id", "stage_entered_at",
                                           "days_in_stage", "engagement_score", "snapshot_date"]
     assert first["transitions"].schema["transitioned_at"] == pl.Datetime("us", "UTC")
     leads = summary.tables["leads"]
@@ -166,3 +170,55 @@ def test_cli_run_in_berlin_and_clear_failure(inputs: Path, tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("funnel: ") and "leads.csv: missing" in err
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_collapsed_input_publishes_nothing(inputs: Path, tmp_path: Path) -> None:
+    """Header-only leads, or mostly quarantined activities, fail in one line and keep the good history."""
+    from flows.pipeline import CollapsedInputError, nightly
+
+    out = tmp_path / "out"
+    nightly(as_of=AS_OF, input_location=str(inputs), output_dir=str(out))
+    before = _read_all(out)
+    leads = pl.read_parquet(inputs / "leads.parquet")
+    activities = pl.read_parquet(inputs / "activities.parquet")
+    bad_inputs = {
+        "no valid lead": (leads.head(0), activities),
+        "fewer than 50%": (leads.head(leads.height // 3), activities),
+        "of .* rows quarantined": (leads, activities.with_columns(activity_type=pl.lit("typo"))),
+    }
+    for message, (bad_leads, bad_activities) in bad_inputs.items():
+        bad = tmp_path / message.replace(" ", "_").replace("*", "").replace("%", "")
+        write_inputs(bad, bad_leads, bad_activities, "parquet")
+        with pytest.raises(CollapsedInputError, match=message):
+            nightly(as_of=AS_OF, input_location=str(bad), output_dir=str(out))
+        for name, frame in _read_all(out).items():
+            assert_frame_equal(frame, before[name]), name
+        assert len(list((out / "runs").iterdir())) == 1
+    forced = nightly(as_of=AS_OF, input_location=str(bad), output_dir=str(out), force=True)
+    assert forced.tables["activities"]["valid"] == 0
+    published = pl.read_parquet(out / "transitions")
+    assert published["direction"].unique().to_list() == ["entry"]  # no activity left: entries only
+    assert published.height == forced.tables["leads"]["valid"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_as_of_in_the_future_is_refused(inputs: Path, tmp_path: Path) -> None:
+    """A snapshot of a day that has not ended yet is never published."""
+    from flows.pipeline import nightly
+
+    with pytest.raises(ValueError, match="after today"):
+        nightly(as_of=date(2099, 1, 1), input_location=str(inputs), output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "transitions").exists()
+
+
+def test_default_as_of_is_the_day_before_the_scheduled_start() -> None:
+    """02:00 Berlin on Nov 1 is still Oct 31 in UTC: the local day before is Oct 31 in Berlin, Oct 30 in UTC."""
+    from datetime import UTC, datetime
+
+    from flows.pipeline import default_as_of
+
+    start = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)  # 02:00 CET
+    assert default_as_of("Europe/Berlin", start) == date(2026, 10, 31)
+    assert default_as_of("UTC", start) == date(2026, 10, 31)
+    assert default_as_of("UTC", datetime(2026, 10, 31, 23, 30, tzinfo=UTC)) == date(2026, 10, 30)

@@ -7,12 +7,12 @@ from datetime import date
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from synthetic.generate import generate
 from tests.example import example_activities, example_leads
 from transforms.classify import classify
-from transforms.config import FunnelConfig
-from transforms.generate import generate
 from transforms.metrics import cohort_conversion, daily_funnel, transitions_daily
-from transforms.staging import stage_activities, stage_leads
+from transforms.rules import FunnelConfig
+from transforms.validation import validate_activities, validate_leads
 
 
 def test_daily_funnel_of_the_worked_example(default_config: FunnelConfig) -> None:
@@ -75,8 +75,8 @@ def test_stock_and_flow_agree_across_dst_with_snapshots(custom_config: FunnelCon
 
     data = generate(400, seed=3, dirty=False, end=date(2025, 11, 15), days=120)
     run_start = datetime(2026, 1, 1, tzinfo=UTC)
-    leads = stage_leads(data.leads, run_start).valid
-    acts = stage_activities(data.activities.with_columns(
+    leads = validate_leads(data.leads, run_start).valid
+    acts = validate_activities(data.activities.with_columns(
         pl.col("activity_type").replace({"opportunity_created": "proposal_sent", "pricing_page_view": "page_view",
                                          "email_open": "page_view", "email_click": "form_submit",
                                          "content_download": "form_submit", "webinar_attended": "demo_request",

@@ -11,8 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.io import write_inputs
-from transforms.generate import generate
+from synthetic.generate import generate, write_inputs
 
 AS_OF = date(2026, 10, 31)
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -11,7 +11,7 @@ from datetime import date
 import polars as pl
 
 from transforms.calendar import US_PER_DAY, local_date
-from transforms.config import FunnelConfig
+from transforms.rules import FunnelConfig
 from transforms.snapshots import stage_days
 from transforms.transitions import stage_name
 

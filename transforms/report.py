@@ -6,8 +6,8 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from transforms.config import FunnelConfig
 from transforms.metrics import cohort_conversion
+from transforms.rules import FunnelConfig
 
 
 def _stage_order(config: FunnelConfig) -> pl.Expr:
@@ -56,10 +56,31 @@ def backward_weekly(transitions: pl.DataFrame, as_of: date, config: FunnelConfig
     )
 
 
-def by_source(daily_funnel: pl.DataFrame, as_of: date, config: FunnelConfig) -> pl.DataFrame:
-    """Leads per source and stage at T(D)."""
-    return daily_funnel.filter(pl.col("date") == as_of).select("source", "stage", "in_stage").sort(
-        "source", _stage_order(config))
+TOP_SOURCES = 12
+LABEL_CHARS = 40
+
+
+def label(column: str, chars: int = LABEL_CHARS) -> pl.Expr:
+    """A data value shortened to `chars` characters for a chart label (an ellipsis marks the cut)."""
+    text = pl.col(column)
+    return pl.when(text.str.len_chars() > chars).then(text.str.slice(0, chars - 1) + "…").otherwise(text)
+
+
+def by_source(daily_funnel: pl.DataFrame, as_of: date, config: FunnelConfig, top: int = TOP_SOURCES) -> pl.DataFrame:
+    """Leads per source and stage at T(D): the `top` largest sources by name, the rest as "other"."""
+    today = daily_funnel.filter(pl.col("date") == as_of)
+    largest = (
+        today.group_by("source").agg(pl.col("in_stage").sum()).sort("in_stage", "source", descending=[True, False])
+        .head(top)["source"]
+    )
+    kept = pl.col("source").is_in(largest.implode())
+    named = pl.when(kept).then(label("source")).otherwise(pl.lit(f"other ({today['source'].n_unique() - top})"))
+    return (
+        today.with_columns(named.alias("source"), (~kept).alias("_other"))
+        .group_by("_other", "source", "stage").agg(pl.col("in_stage").sum())
+        .sort("_other", "source", _stage_order(config))
+        .select("source", "stage", "in_stage")
+    )
 
 
 def all_sources_cohorts(milestones: pl.DataFrame, as_of: date, config: FunnelConfig) -> pl.DataFrame:
@@ -77,3 +98,62 @@ def cohort_matrix(cohorts_all: pl.DataFrame, months: int = 12) -> pl.DataFrame:
                 "is_mature")
         .sort("cohort_month")
     )
+
+
+def sla_weekly(sla_daily: pl.DataFrame, as_of: date, config: FunnelConfig, weeks: int = 26) -> pl.DataFrame:
+    """Per local week (Monday) and SLA stage: clocks met on time, stopped late, and overdue at the week's last day."""
+    first = as_of - timedelta(weeks=weeks)
+    recent = sla_daily.filter(pl.col("date").is_between(first, as_of)).with_columns(
+        week=pl.col("date").dt.truncate("1w"))
+    last_day = pl.col("date") == pl.col("date").max().over("week")
+    return (
+        recent.group_by("week", "stage")
+        .agg(pl.col("met_on_time").sum(), pl.col("stopped_late").sum(),
+             overdue=pl.col("overdue").filter(last_day).sum())
+        .sort("week", _stage_order(config))
+    )
+
+
+def pickup_hours_weekly(sla: pl.DataFrame, as_of: date, config: FunnelConfig, weeks: int = 26) -> pl.DataFrame:
+    """Median real hours from entering an SLA stage to the clock stopping, per local week it stopped in."""
+    stopped_day = pl.col("stopped_at").dt.convert_time_zone(config.timezone).dt.date()
+    return (
+        sla.filter(pl.col("stopped_at").is_not_null())
+        .with_columns(day=stopped_day)
+        .filter(pl.col("day").is_between(as_of - timedelta(weeks=weeks), as_of))
+        .group_by(pl.col("day").dt.truncate("1w").alias("week"), "stage")
+        .agg(median_hours=pl.col("hours_to_stop").median(), clocks=pl.len())
+        .sort("week", _stage_order(config))
+    )
+
+
+def overdue_by_owner(sla: pl.DataFrame, owner_history: pl.DataFrame, top: int = 10) -> pl.DataFrame:
+    """The current owners with the most clocks running past due at the as-of boundary ("unassigned" for none)."""
+    current = owner_history.filter(pl.col("valid_to").is_null()).select("lead_id", current_owner="owner_id")
+    return (
+        sla.filter(pl.col("stopped_at").is_null() & (pl.col("status") == "breached"))
+        .join(current, on="lead_id", how="left")
+        .with_columns(label("current_owner").fill_null("unassigned").alias("owner"))
+        .group_by("owner")
+        .agg(overdue=pl.len(), stages=pl.col("stage").unique().sort().str.join(", "),
+             oldest_due=pl.col("due_at").min())
+        .sort("overdue", "owner", descending=[True, False])
+        .head(top)
+    )
+
+
+def restatements(manifests: list[dict[str, object]], as_of: date, days: int = 30) -> pl.DataFrame:
+    """Past dates rewritten by the runs of the last `days` days, and why (late rows, rules changed, catch-up)."""
+    rows = []
+    for manifest in manifests:
+        run_date = date.fromisoformat(str(manifest["as_of"]))
+        written = manifest.get("dates_written")
+        if not isinstance(written, dict) or run_date < as_of - timedelta(days=days) or run_date > as_of:
+            continue
+        for reason in ("late_rows", "rules_changed", "catch_up"):
+            dates = written.get(reason) or []
+            if dates:
+                rows.append((str(manifest["run_id"]), run_date, reason, len(dates), min(dates), max(dates)))
+    schema = {"run_id": pl.String, "run_date": pl.Date, "reason": pl.String, "dates": pl.Int64,
+              "first": pl.String, "last": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row").sort("run_date", "reason")

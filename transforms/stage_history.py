@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms.config import FunnelConfig
+from transforms.rules import FunnelConfig
 from transforms.transitions import KEY, owner_team, stage_name
 
 

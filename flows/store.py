@@ -1,0 +1,284 @@
+"""The output store: where every dataset lives under one output location, and how a run publishes.
+
+Every dataset and date partition is a directory of part files (`part-<shard>.parquet`). A run
+writes everything it publishes, report and manifest included, into its own pending area
+(`.tmp/run-<id>/`, the same layout) and then commits: each directory is swapped in with one
+atomic exchange (Linux `renameat2`), each file with one rename, the manifest last. A journal
+written before the first swap lets the next run (or `funnel recover`) finish a commit that a
+crash interrupted, so readers trust the manifest of the last complete commit. Partition columns
+live in the directory names (`snapshot_date=...`), as polars, DuckDB, pyarrow and Spark expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flows.catalog import REPORT, RUNS, Dataset, Grain
+
+SHARD_INPUT = "input"  # the validated input split by shard, inside a pending area; never published
+JOURNAL = "commit.json"
+TMP = ".tmp"
+
+
+class RunLockedError(RuntimeError):
+    """Another run holds the output location."""
+
+
+@dataclass(frozen=True)
+class OutputStore:
+    """Every path under one output location, and how a run's pending area is committed."""
+
+    root: Path
+
+    def path(self, dataset: Dataset, day: date | None = None) -> Path:
+        """Directory of a dataset, or of one date partition of it."""
+        base = self.root / dataset.name
+        if dataset.grain is Grain.WHOLE:
+            return base
+        if day is None:
+            raise ValueError(f"{dataset.name} is partitioned by {dataset.partition}: a date is needed")
+        return base / f"{dataset.partition}={day.isoformat()}"
+
+    def manifest_path(self, run_id: str) -> Path:
+        """The JSON manifest of one run."""
+        return self.root / RUNS / f"{run_id}.json"
+
+    def report_path(self, as_of: date | None = None) -> Path:
+        """The report page of one as-of date, or the latest one."""
+        if as_of is None:
+            return self.root / REPORT / "latest.html"
+        return self.root / REPORT / f"as_of={as_of.isoformat()}" / "index.html"
+
+    def shard_input(self, table: str, shard: int) -> Path:
+        """Where a pending area keeps one shard's validated rows of an input table."""
+        return self.root / SHARD_INPUT / table / f"shard={shard}"
+
+    def pending(self, run_id: str) -> OutputStore:
+        """A run's pending area: the same layout under `.tmp/`, published by `commit`."""
+        return OutputStore(self.root / TMP / f"run-{run_id}")
+
+    def write_part(self, frame: pl.DataFrame, directory: Path, part: int = 0) -> int:
+        """Write one part file into a directory that is not yet published (a pending area).
+
+        Written under a temporary name and renamed, so a shard that is rerun while a lost
+        worker may still be writing the same part never leaves a torn file.
+        """
+        path = directory / f"part-{part}.parquet"
+        tmp = directory / f".{path.name}.{uuid.uuid4().hex}"
+        with _naming(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(tmp, compression="zstd", statistics=True)
+            _fsync_file(tmp)
+            tmp.replace(path)
+        return frame.height
+
+    def write_dataset(self, dataset: Dataset, frame: pl.DataFrame, part: int = 0, day: date | None = None) -> int:
+        """One part of a dataset (or of one date partition) in a pending area; the date lives in the path."""
+        if dataset.partition is not None and dataset.partition in frame.columns:
+            frame = frame.drop(dataset.partition)
+        return self.write_part(frame, self.path(dataset, day), part)
+
+    def write_text(self, text: str, target: Path) -> Path:
+        """Write a text file (in a pending area; published by the commit)."""
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        with _naming(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            _fsync_file(tmp)
+            tmp.replace(target)
+        return target
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> Path:
+        """Write a run manifest as runs/<run_id>.json."""
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        return self.write_text(text, self.manifest_path(run_id))
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every committed run manifest, oldest first."""
+        found = [json.loads(p.read_text()) for p in (self.root / RUNS).glob("*.json")]
+        return sorted(found, key=lambda m: str(m["ended_at"]))
+
+    def read(self, dataset: Dataset) -> pl.DataFrame:
+        """A published dataset as one frame (date partitions with their column), or None-like empty."""
+        path = self.root / dataset.name
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not published yet")
+        return pl.read_parquet(path, hive_partitioning=dataset.partition is not None)
+
+    def published_dates(self, dataset: Dataset) -> list[date]:
+        """The dates with a published partition of a dated dataset."""
+        base = self.root / dataset.name
+        prefix = f"{dataset.partition}="
+        return sorted(date.fromisoformat(p.name[len(prefix):]) for p in base.glob(f"{prefix}*") if p.is_dir())
+
+    def commit(self, pending: OutputStore) -> list[Path]:
+        """Publish everything written in `pending`: directories swapped whole, files renamed, manifests last.
+
+        A journal naming every entry (and the inode of its new version) is written first, so a
+        commit interrupted at any instant is completed by `recover`. Returns what was replaced.
+        """
+        leaves = sorted({p.parent for p in pending.root.rglob("part-*.parquet")
+                         if p.relative_to(pending.root).parts[0] != SHARD_INPUT})
+        files = sorted(p for p in pending.root.rglob("*") if p.is_file() and p.suffix in (".html", ".json")
+                       and p.relative_to(pending.root).parts[0] != SHARD_INPUT)
+        files.sort(key=lambda p: p.relative_to(pending.root).parts[0] == RUNS)  # manifests last
+        for leaf in leaves:
+            for stray in leaf.glob(".part-*"):  # a write that died before its rename
+                stray.unlink()
+        entries = [{"path": str(p.relative_to(pending.root)), "inode": p.stat().st_ino, "dir": p.is_dir()}
+                   for p in [*leaves, *files]]
+        journal = self.root / TMP / JOURNAL
+        self.write_text(json.dumps({"pending": pending.root.name, "entries": entries}), journal)
+        _fsync_dir(journal.parent)
+        self._finish(pending.root, entries)
+        journal.unlink()
+        with contextlib.suppress(OSError):  # other runs' leftovers keep it; they are cleared next time
+            journal.parent.rmdir()
+        return [self.root / str(e["path"]) for e in entries]
+
+    def _finish(self, pending_root: Path, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            source = pending_root / str(entry["path"])
+            target = self.root / str(entry["path"])
+            # After an exchange the old version sits at `source`: its inode tells them apart.
+            if source.exists() and source.stat().st_ino == entry["inode"]:
+                if entry["dir"]:
+                    _swap_in(source, target)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source.replace(target)
+                    _fsync_dir(target.parent)
+            elif source.exists():
+                shutil.rmtree(source) if source.is_dir() else source.unlink()
+        shutil.rmtree(pending_root, ignore_errors=True)
+
+    def recover(self) -> bool:
+        """Complete a commit that a crash interrupted; True if there was one."""
+        journal = self.root / TMP / JOURNAL
+        if not journal.exists():
+            return False
+        plan = json.loads(journal.read_text())
+        self._finish(self.root / TMP / plan["pending"], plan["entries"])
+        journal.unlink()
+        return True
+
+    def clear_tmp(self) -> None:
+        """Remove what crashed runs left behind, after completing an interrupted commit."""
+        self.recover()
+        shutil.rmtree(self.root / TMP, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the output location for one run; a second run is refused at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                message = f"{self.root}: another funnel run is writing here; try again when it ends"
+                raise RunLockedError(message) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class OutputWriteError(OSError):
+    """A write under the output location failed (a full disk, a read-only mount); the message names where."""
+
+
+@contextlib.contextmanager
+def _naming(where: Path) -> Iterator[None]:
+    """Errors of a write (Python's or Polars' own) as one line naming the path written."""
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise OutputWriteError(f"{where}: cannot write: {reason}") from exc
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """The C library's renameat2, looked up once; None where it has none."""
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where that is not supported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+class NotAtomicError(OSError):
+    """The output file system cannot swap two directories in one step (NFS, for one)."""
+
+
+NOT_ATOMIC = ("cannot exchange two directories atomically (renameat2 RENAME_EXCHANGE; NFS and some "
+              "network file systems lack it), so readers could see a dataset missing mid-commit; "
+              "use a local file system for --output")
+
+
+def check_atomic(root: Path) -> None:
+    """Refuse, before any data is read, an output file system where a commit would not be atomic."""
+    probe = root / TMP / f"probe-{uuid.uuid4().hex}"
+    first, second = probe / "a", probe / "b"
+    first.mkdir(parents=True)
+    second.mkdir()
+    try:
+        if not _exchange(first, second):
+            raise NotAtomicError(f"{root}: {NOT_ATOMIC}")
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def _swap_in(staged: Path, target: Path) -> None:
+    """Make the directory `staged` the directory `target` in one atomic exchange; the old one is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        staged.rename(target)
+    elif _exchange(staged, target):
+        shutil.rmtree(staged)
+    else:
+        raise NotAtomicError(f"{target}: {NOT_ATOMIC}")
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
