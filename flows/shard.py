@@ -92,7 +92,7 @@ def write_dates(config: FunnelConfig, as_of: date, dates: list[date], pending: O
         history = classify(leads.lazy(), activities.lazy(), config, as_of)
     written = {SNAPSHOTS.name: 0}
     start, end = min(dates), max(dates)
-    states = history.snapshot_states(start)
+    states = history.snapshot_states(start, end)
     for day in dates:
         snapshot = SNAPSHOTS.check(history.snapshot_day(states, day).collect(), config)
         written[SNAPSHOTS.name] += pending.write_dataset(SNAPSHOTS, snapshot, shard, day)

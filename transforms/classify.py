@@ -72,10 +72,10 @@ class History:
         """Published sla_daily rows for every date from start to end (end <= as_of)."""
         return combine_sla_daily([self.sla_daily_parts(start, end)], start, end, self.config)
 
-    def snapshot_states(self, start: date) -> pl.DataFrame:
+    def snapshot_states(self, start: date, end: date | None = None) -> pl.DataFrame:
         """Per-lead step functions of stage, owner and engagement from `start` on (see snapshots.py)."""
         return snapshot_states(self.intervals.lazy(), self.points.lazy(), self.owners.lazy(), start,
-                               self.config).collect(engine=ENGINE)
+                               self.config, end).collect(engine=ENGINE)
 
     def snapshot_day(self, states: pl.DataFrame, day: date) -> pl.LazyFrame:
         """Published snapshot of one date, from states computed from a start on or before it."""
@@ -85,7 +85,7 @@ class History:
     def snapshots_dataset(self, start: date, end: date) -> pl.LazyFrame:
         """Published snapshots for every date from start to end (end <= as_of)."""
         self._check_date(end)
-        return snapshots(self.snapshot_states(start), self.leads.lazy(), start, end, self.config)
+        return snapshots(self.snapshot_states(start, end), self.leads.lazy(), start, end, self.config)
 
     def _check_date(self, day: date) -> None:
         if day > self.as_of:

@@ -20,7 +20,7 @@ from datetime import date, datetime
 
 import polars as pl
 
-from transforms.calendar import local_date
+from transforms.calendar import day_start, local_date
 from transforms.rules import FunnelConfig
 from transforms.transitions import KEY
 
@@ -77,9 +77,9 @@ def points_fingerprint(points: pl.LazyFrame, leads: pl.LazyFrame, first: date, c
     """Per local date from `first` on: a fingerprint of the scoring activities (lead, instant, points) that day."""
     row = pl.struct("lead_id", "occurred_at", "points").hash(0x5EED)
     return (
-        points.join(leads.select(KEY, "lead_id"), on=KEY, how="left")
+        points.filter(pl.col("occurred_at") >= day_start(first, config.timezone))
+        .join(leads.select(KEY, "lead_id"), on=KEY, how="left")
         .with_columns(local_date("occurred_at", config.timezone).alias("date"), row.alias("_h"))
-        .filter(pl.col("date") >= first)
         .group_by("date")
         .agg(_lo=(pl.col("_h") % _HALF).cast(pl.Int64).sum(), _hi=(pl.col("_h") // _HALF).cast(pl.Int64).sum(),
              _n=pl.len().cast(pl.Int64))

@@ -12,7 +12,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from transforms.calendar import US_PER_DAY, boundary, local_date
+from transforms.calendar import US_PER_DAY, boundary, day_start, local_date
 from transforms.owners import OWNER
 from transforms.rules import FunnelConfig
 from transforms.transitions import KEY, owner_team, stage_name
@@ -34,25 +34,28 @@ def stage_days(intervals: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
     )
 
 
-def _score_steps(activities: pl.LazyFrame, start: date, config: FunnelConfig) -> pl.LazyFrame:
+def _score_steps(activities: pl.LazyFrame, start: date, end: date | None, config: FunnelConfig) -> pl.LazyFrame:
     """Score changes by date: +points on the activity's local day, -points window days later.
 
     Points from days before start - window + 1 have left the window by `start` (their + and -
-    both fall before it), so they are skipped.
+    both fall before it), so they are skipped, by instant before any local date is computed.
+    Changes after `end` are lumped onto end + 1: no date after `end` is asked for, and every
+    lead's changes still sum to zero.
     """
-    day = local_date("occurred_at", config.timezone)
     first_day = start - timedelta(days=config.window_days - 1)
     daily = (
-        activities.filter(pl.col("points") > 0)
-        .with_columns(day.alias("date"))
-        .filter(pl.col("date") >= first_day)
+        activities.filter((pl.col("points") > 0) & (pl.col("occurred_at") >= day_start(first_day, config.timezone)))
+        .with_columns(local_date("occurred_at", config.timezone).alias("date"))
         .group_by(KEY, "date")
         .agg(pl.col("points").sum().cast(pl.Int64).alias("delta"))
     )
     leaving = daily.select(KEY, pl.col("date") + pl.duration(days=config.window_days), -pl.col("delta"))
     # Points earned before `start` are lumped onto it: only the score from `start` on is asked for.
     entering = daily.with_columns(pl.max_horizontal("date", pl.lit(start)).alias("date"))
-    return pl.concat([entering, leaving]).group_by(KEY, "date").agg(pl.col("delta").sum())
+    steps = pl.concat([entering, leaving])
+    if end is not None:
+        steps = steps.with_columns(pl.min_horizontal("date", pl.lit(end + timedelta(days=1))).alias("date"))
+    return steps.group_by(KEY, "date").agg(pl.col("delta").sum())
 
 
 def _owner_days(owners: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
@@ -66,13 +69,19 @@ def _owner_days(owners: pl.LazyFrame, config: FunnelConfig) -> pl.LazyFrame:
 
 
 def snapshot_states(intervals: pl.LazyFrame, activities: pl.LazyFrame, owners: pl.LazyFrame, start: date,
-                    config: FunnelConfig) -> pl.LazyFrame:
-    """Per lead, date ranges from `start` on over which stage, entry time, owner and engagement are constant."""
+                    config: FunnelConfig, end: date | None = None) -> pl.LazyFrame:
+    """Per lead, date ranges from `start` over which stage, entry time, owner and engagement are constant.
+
+    With `end`, nothing after it is asked for: later changes are dropped or lumped onto end + 1,
+    so a nightly run sorts a few rows per lead rather than every future score change.
+    """
     holds_from_start = pl.col("to_date").is_null() | (pl.col("to_date") >= start)
+    if end is not None:
+        holds_from_start = holds_from_start & (pl.col("from_date") <= end)
     from_start = pl.max_horizontal("from_date", pl.lit(start)).alias("date")
     stages = stage_days(intervals, config).filter(holds_from_start).select(
         KEY, from_start, "rank", "entered_at", pl.lit(0, pl.Int8).alias("_kind"))
-    scores = _score_steps(activities, start, config).with_columns(_kind=pl.lit(1, pl.Int8))
+    scores = _score_steps(activities, start, end, config).with_columns(_kind=pl.lit(1, pl.Int8))
     # Unassigned is the empty string while filling forward: a trimmed owner_id is never empty.
     held = _owner_days(owners, config).filter(holds_from_start).select(
         KEY, from_start, pl.col(OWNER).fill_null("").alias("_owner"), pl.lit(2, pl.Int8).alias("_kind"))
