@@ -124,7 +124,7 @@ def test_missing_input_fails_before_writing(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match=r"leads\.csv: missing"):
         nightly(as_of=AS_OF, input_location=str(tmp_path), output_dir=str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "transitions").exists()
+    assert not (tmp_path / "out").exists()  # not even the folder or a lock
 
 
 def test_kill_during_writing_leaves_every_dataset_readable(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from synthetic.generate import generate, write_inputs
 
 AS_OF = date(2026, 10, 31)
+SAMPLE_RULES = Path(__file__).resolve().parent.parent / "data" / "sample" / "funnel.toml"  # defaults + two SLAs
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 
@@ -33,7 +34,8 @@ def test_report_renders_every_chart_with_the_output_numbers(tmp_path: Path) -> N
     inputs, out = tmp_path / "in", tmp_path / "out"
     data = generate(1500, seed=17, dirty=True, days=300)
     write_inputs(inputs, data.leads, data.activities, "csv")
-    summary = backfill(start=date(2026, 9, 1), end=AS_OF, input_location=str(inputs), output_dir=str(out))
+    summary = backfill(start=date(2026, 9, 1), end=AS_OF, input_location=str(inputs), output_dir=str(out),
+                       config_path=str(SAMPLE_RULES))
     page = out / "report" / "latest.html"
     assert summary.report == out / "report" / f"as_of={AS_OF}" / "index.html"
     assert page.read_text() == summary.report.read_text()
@@ -47,10 +49,13 @@ def test_report_renders_every_chart_with_the_output_numbers(tmp_path: Path) -> N
     assert console_errors == []
     dom = _chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", page.as_uri()).stdout
 
-    assert dom.count('class="main-svg"') >= 2 * 6  # plotly draws two SVG layers per chart, six charts
+    assert dom.count('class="main-svg"') >= 2 * 8  # plotly draws two SVG layers per chart, eight charts
     for title in ("Leads per stage today", "Conversion by cohort month", "Leads in each stage over time",
-                  "Leads sent backwards per week", "Leads per stage by source today", "Input rows of run"):
-        assert title in dom
+                  "Leads sent backwards per week", "Leads per stage by source today", "Input rows of run",
+                  "Handoffs into mql", "Leads entering mql: answered within 48 h or not, per week",
+                  "Handoffs into sal", "Leads entering sal: answered within 72 h or not, per week",
+                  "median hours to pick up", "Overdue leads by owner", "Rewritten dates"):
+        assert title in dom, title
     text = re.sub(r"<[^>]+>", " ", dom)
     today = pl.read_parquet(out / "metrics" / "daily_funnel" / f"date={AS_OF}")
     for stage, leads in today.group_by("stage").agg(pl.col("in_stage").sum()).rows():
@@ -58,3 +63,38 @@ def test_report_renders_every_chart_with_the_output_numbers(tmp_path: Path) -> N
     for counts in summary.tables.values():
         assert f"{counts['valid']:,}" in text
         assert f"{counts['quarantined']:,}" in text
+    sla = pl.read_parquet(out / "sla")
+    owners = pl.read_parquet(out / "owner_history").filter(pl.col("valid_to").is_null())
+    overdue = (sla.filter(pl.col("stopped_at").is_null() & (pl.col("status") == "breached"))
+               .join(owners.select("lead_id", now="owner_id"), on="lead_id", how="left").group_by("now").len()
+               .sort("len", "now", descending=[True, False], nulls_last=True))
+    assert overdue.height > 0, "the generated data should have overdue leads"
+    owner, count = overdue.row(0)
+    assert re.search(rf"{re.escape(owner or 'unassigned')}\s+{count:,}\b", text)  # the top owner and its count
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_report_escapes_data_and_stays_readable_on_a_first_run(tmp_path: Path) -> None:
+    """Markup in data is text, huge labels are cut, many sources fold into "other", one date is explained.
+
+    A first run has one date: the chart of stages over time says how to get a history instead
+    of drawing an empty axis.
+    """
+    from flows.pipeline import nightly
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    data = generate(600, seed=23, dirty=False, days=120)
+    markup = '<span style="font-size:200px;color:red">big</span>'
+    sources = [markup, "x" * 10_000, *[f"partner_{i}" for i in range(40)]]
+    leads = data.leads.with_columns(
+        source=pl.Series([sources[i % len(sources)] for i in range(data.leads.height)]))
+    write_inputs(inputs, leads, data.activities, "csv")
+    nightly(as_of=AS_OF, input_location=str(inputs), output_dir=str(out))
+    page = out / "report" / "latest.html"
+    assert page.stat().st_size < 6_000_000  # plotly.js is ~4.6 MB; the data adds little
+    dom = _chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", page.as_uri()).stdout
+    assert '<span style="font-size:200px' not in dom  # no element made from data
+    assert "font-size:200px;color:red" in dom  # the text itself is shown
+    assert "x" * 40 not in dom and "x" * 39 + "…" in dom
+    assert re.search(r"other \(\d+\)", dom)
+    assert "one day computed so far" in dom
