@@ -21,7 +21,7 @@ from prefect.schedules import Cron
 
 from flows import REPO
 from flows.pipeline import backfill, nightly
-from flows.settings import DEFAULT_CONFIG, Settings, database_uri_without_password, load_settings
+from flows.settings import DEFAULT_CONFIG, Settings, database_uri_without_password, load_settings, output_location
 from flows.settings import dask_address as scheduler_address
 from transforms.rules import ConfigError
 
@@ -61,8 +61,9 @@ class Deployed:
     schedule: str | None  # "<cron> (<timezone>)", or None for one run on demand
 
 
-def run_parameters(config_path: Path, input_location: str | None, output_dir: Path, workers: int | None = None,
-                   dask_address: str | None = None, shards: int | None = None) -> dict[str, Any]:
+def run_parameters(config_path: Path, input_location: str | None, output_dir: Path | str, workers: int | None = None,
+                   dask_address: str | None = None, shards: int | None = None,
+                   output_format: str | None = None) -> dict[str, Any]:
     """The parameters both deployments share: absolute locations, and never a credential.
 
     No timezone: each run reads it from the config file, the same one the schedule came from.
@@ -75,8 +76,9 @@ def run_parameters(config_path: Path, input_location: str | None, output_dir: Pa
             location = str(Path(location).resolve())
         elif urlsplit(location).password is not None:
             raise ConfigError("--input holds a credential; keep it in the worker's environment, not in a parameter")
-    return {"input_location": location, "output_dir": str(output_dir.resolve()),
-            "config_path": str(config_path.resolve()), "workers": workers,
+    output = output_location(str(output_dir), "--output")  # an object-store URI with a credential is refused
+    return {"input_location": location, "output_dir": output if "://" in output else str(Path(output).resolve()),
+            "output_format": output_format, "config_path": str(config_path.resolve()), "workers": workers,
             "dask_address": scheduler_address(dask_address, "--dask-address") if dask_address else None,
             "shards": shards}
 
@@ -117,15 +119,15 @@ def deployments(settings: Settings, parameters: dict[str, Any], work_pool: str,
     return built
 
 
-def deploy(config_path: Path | None, input_location: str | None, output_dir: Path, work_pool: str,
+def deploy(config_path: Path | None, input_location: str | None, output_dir: Path | str, work_pool: str,
            name: str = DEFAULT_NAME, workers: int | None = None, dask_address: str | None = None,
-           shards: int | None = None) -> list[Deployed]:
+           shards: int | None = None, output_format: str | None = None) -> list[Deployed]:
     """Create or update the nightly and backfill deployments on the configured Prefect server."""
     from prefect.settings import get_current_settings
 
     config_path = config_path or DEFAULT_CONFIG
     settings = load_settings(config_path)  # a bad config is refused before the server is touched
-    parameters = run_parameters(config_path, input_location, output_dir, workers, dask_address, shards)
+    parameters = run_parameters(config_path, input_location, output_dir, workers, dask_address, shards, output_format)
     if not get_current_settings().api.url:
         # Without one, Prefect would start a temporary server and the deployments would vanish with it.
         raise ValueError("funnel deploy needs a Prefect server: set PREFECT_API_URL (e.g. "

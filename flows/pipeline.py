@@ -41,7 +41,15 @@ from flows.inputs import TransientInputError, read_input
 from flows.lineage import Lineage
 from flows.quality import QualityError, emit_run_completed, quality_violations
 from flows.report import write_report
-from flows.settings import GuardConfig, RunSettings, Settings, SourceConfig, load_settings, redacted_location
+from flows.settings import (
+    GuardConfig,
+    RunSettings,
+    Settings,
+    SourceConfig,
+    load_settings,
+    output_location,
+    redacted_location,
+)
 from flows.shard import (
     DatesWritten,
     Replayed,
@@ -53,7 +61,7 @@ from flows.shard import (
     write_dates,
     write_shard_inputs,
 )
-from flows.store import OutputStore, check_atomic
+from flows.store import OutputStore, Store, open_store
 from transforms.calendar import boundary
 from transforms.metrics import combine_cohort_conversion, combine_daily_funnel, combine_transitions_daily
 from transforms.restatement import combine_fingerprints, earliest_change, first_changed_date
@@ -94,10 +102,10 @@ class RunSummary:
     flow: str
     as_of: date
     start: date
-    output: Path
+    output: Path | str
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     written: dict[str, int] = field(default_factory=dict)
-    report: Path | None = None
+    report: Path | str | None = None
     shards: int = 1
     dates: dict[str, list[str]] = field(default_factory=dict)  # written, by reason
 
@@ -221,7 +229,7 @@ class DatePlan:
             ("late_rows", self.late_rows))}
 
 
-def plan_dates(flow_name: str, store: OutputStore, config: FunnelConfig, run: RunSettings, start: date,
+def plan_dates(flow_name: str, store: Store, config: FunnelConfig, run: RunSettings, start: date,
                end: date, force: bool) -> tuple[DatePlan, list[date]]:
     """The run's dates, catch-up and rules-changed restatement; and the published dates still to check."""
     asked = pl.date_range(start, end, eager=True).to_list()
@@ -252,16 +260,16 @@ def _published_fingerprint(manifests: list[dict[str, Any]]) -> pl.DataFrame | No
                         orient="row").with_columns(pl.col("date").str.to_date())
 
 
-def maybe_changed(store: OutputStore, pending: OutputStore, to_check: list[date], fingerprint: pl.DataFrame,
+def maybe_changed(store: Store, pending: OutputStore, to_check: list[date], fingerprint: pl.DataFrame,
                   config: FunnelConfig) -> list[date]:
     """The published dates whose partitions the new input may have changed (see transforms/restatement.py)."""
     if not to_check:
         return []
     old_fingerprint = _published_fingerprint(store.manifests())
-    if old_fingerprint is None or any(not store.path(d).exists() for d in LEAD_GRAIN):
+    if old_fingerprint is None or any(not store.has(d) for d in LEAD_GRAIN):
         return to_check  # nothing to compare with: check every date
     last = max(to_check)
-    frames = {d.name: (pl.scan_parquet(store.path(d)), pl.scan_parquet(pending.path(d))) for d in LEAD_GRAIN}
+    frames = {d.name: (store.scan(d), pl.scan_parquet(pending.path(d))) for d in LEAD_GRAIN}
     instant = earliest_change({k: v[0] for k, v in frames.items()}, {k: v[1] for k, v in frames.items()},
                               boundary(last, config.timezone))
     firsts = [first_changed_date(old_fingerprint, fingerprint, last)]
@@ -271,14 +279,16 @@ def maybe_changed(store: OutputStore, pending: OutputStore, to_check: list[date]
     return [] if first is None else [d for d in to_check if d >= first]
 
 
-def unchanged_partitions(store: OutputStore, pending: OutputStore, dates: list[date]) -> list[date]:
+def unchanged_partitions(store: Store, pending: OutputStore, dates: list[date]) -> list[date]:
     """Drop from the pending area every partition of these dates equal to the published one; the dates left alike."""
     alike = []
+    published = {dataset.name: set(store.published_dates(dataset)) for dataset in DATED} if dates else {}
     for day in dates:
         same = 0
         for dataset in DATED:
-            new, old = pending.path(dataset, day), store.path(dataset, day)
-            if new.exists() and old.exists() and _same_rows(pl.read_parquet(new), pl.read_parquet(old), dataset.key):
+            new = pending.path(dataset, day)
+            if (new.exists() and day in published[dataset.name]
+                    and _same_rows(pl.read_parquet(new), store.read_day(dataset, day), dataset.key)):
                 shutil.rmtree(new)
                 same += 1
         if same == len(DATED):
@@ -292,7 +302,7 @@ def _same_rows(new: pl.DataFrame, old: pl.DataFrame, key: tuple[str, ...]) -> bo
     return new.sort(key).equals(old.sort(key))
 
 
-def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: OutputStore,
+def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: Store,
                pending: OutputStore, plan: DatePlan, to_check: list[date]) -> tuple[list[Replayed], list[DatesWritten]]:
     """Every shard's replay, then every shard's dates: in this process one after another, or on Dask."""
     shards = shard_count(run, valid.activities.counts.valid)
@@ -403,16 +413,16 @@ def _funnel_markdown(summary: RunSummary, config: FunnelConfig, combined: Combin
     return "\n".join(lines)
 
 
-def _last_valid_leads(store: OutputStore) -> int | None:
+def _last_valid_leads(store: Store) -> int | None:
     manifests = store.manifests()
     return int(manifests[-1]["tables"]["leads"]["valid"]) if manifests else None
 
 
-def run_pipeline(flow_name: str, start: date | None, end: date | None, input_location: str | None, output_dir: Path,
-                 config_path: Path | None, timezone: str | None,
+def run_pipeline(flow_name: str, start: date | None, end: date | None, input_location: str | None,
+                 output_dir: str | Path | None, config_path: Path | None, timezone: str | None,
                  on_day: Callable[[date], None] | None = None, workers: int | None = None,
                  dask_address: str | None = None, force: bool = False,
-                 shards: int | None = None) -> RunSummary:
+                 shards: int | None = None, output_format: str | None = None) -> RunSummary:
     """Everything a run does; the two flows differ only in their date range."""
     settings = load_settings(config_path, timezone)  # refused before any data is read
     config = settings.rules
@@ -426,13 +436,14 @@ def run_pipeline(flow_name: str, start: date | None, end: date | None, input_loc
     today = datetime.now(ZoneInfo(config.timezone)).date()
     if end > today:
         raise ValueError(f"as-of date {end} is after today ({today} in {config.timezone}): nothing published")
-    store = OutputStore(output_dir)
+    output = output_location(str(output_dir or run.output.location or DEFAULT_OUTPUT), "--output")
+    store = open_store(output, output_format or run.output.format)  # parquet on an object store refused here
     run_start = datetime.now(UTC)
     run_id = f"{run_start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    with Lineage.start(settings, f"funnel-{flow_name}", location, output_dir) as lineage:
+    with Lineage.start(settings, f"funnel-{flow_name}", location, store.location) as lineage:
         summary, manifest, combined = _publish(flow_name, start, end, location, store, settings, run, force, run_id,
                                                run_start, on_day, lineage)
-    emit_run_completed(manifest, output_dir)
+    emit_run_completed(manifest, store.location)
     create_markdown_artifact(_funnel_markdown(summary, config, combined), key="funnel-run",
                              description=f"Funnel as of {end}")
     if manifest["quality_violations"]:
@@ -440,11 +451,11 @@ def run_pipeline(flow_name: str, start: date | None, end: date | None, input_loc
     return summary
 
 
-def _publish(flow_name: str, start: date, end: date, location: str, store: OutputStore, settings: Settings,
+def _publish(flow_name: str, start: date, end: date, location: str, store: Store, settings: Settings,
              run: RunSettings, force: bool, run_id: str, run_start: datetime,
              on_day: Callable[[date], None] | None, lineage: Lineage) -> tuple[RunSummary, dict[str, Any], Combined]:
     config = settings.rules
-    output_dir = store.root
+    output = store.root if isinstance(store, OutputStore) else store.location
     phases: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -456,15 +467,14 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Outpu
     inputs = extract(location, run.source)  # a missing input fails here, before the output location is touched
     lap("extract")
     with store.locked():
-        store.clear_tmp()
-        check_atomic(store.root)
+        store.prepare()
         plan, to_check = plan_dates(flow_name, store, config, run, start, end, force)
         valid = validate(inputs, config, run_start)
         del inputs
         lap("validate")
         if not force:
             guard(valid, run.guard, _last_valid_leads(store))
-        summary = RunSummary(run_id=run_id, flow=flow_name, as_of=end, start=start, output=output_dir,
+        summary = RunSummary(run_id=run_id, flow=flow_name, as_of=end, start=start, output=output,
                              tables={"leads": _table_summary(valid.leads),
                                      "activities": _table_summary(valid.activities)})
         pending = store.pending(run_id)
@@ -498,30 +508,33 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Outpu
         lap("report")
         manifest["phase_seconds"] = phases  # the manifest is part of the commit, so the commit is not timed here
         pending.write_manifest(run_id, manifest)
-        store.commit(pending)
+        manifest.update(store.publish(pending))  # a Delta store adds the tables' new versions
     lineage.complete(manifest)
     return summary, manifest, combined
 
 
 @flow(name="funnel-nightly", log_prints=False)
-def nightly(as_of: date | None = None, input_location: str | None = None, output_dir: str = str(DEFAULT_OUTPUT),
+def nightly(as_of: date | None = None, input_location: str | None = None, output_dir: str | None = None,
             config_path: str | None = None, timezone: str | None = None, workers: int | None = None,
-            dask_address: str | None = None, force: bool = False, shards: int | None = None) -> RunSummary:
+            dask_address: str | None = None, force: bool = False, shards: int | None = None,
+            output_format: str | None = None) -> RunSummary:
     """Recompute the whole history as of one date (default: the day before the scheduled start) and publish it.
 
-    `workers` / `dask_address` run the shards on a local or an existing Dask cluster.
+    `workers` / `dask_address` run the shards on a local or an existing Dask cluster; `output_dir`
+    and `output_format` default to the config's `[output]`.
     """
-    return run_pipeline("nightly", None, as_of, input_location, Path(output_dir),
+    return run_pipeline("nightly", None, as_of, input_location, output_dir,
                         Path(config_path) if config_path else None, timezone, None, workers, dask_address, force,
-                        shards)
+                        shards, output_format)
 
 
 @flow(name="funnel-backfill", log_prints=False)
-def backfill(start: date, end: date, input_location: str | None = None, output_dir: str = str(DEFAULT_OUTPUT),
+def backfill(start: date, end: date, input_location: str | None = None, output_dir: str | None = None,
              config_path: str | None = None, timezone: str | None = None,
              on_day: Callable[[date], None] | None = None, workers: int | None = None,
-             dask_address: str | None = None, force: bool = False, shards: int | None = None) -> RunSummary:
+             dask_address: str | None = None, force: bool = False, shards: int | None = None,
+             output_format: str | None = None) -> RunSummary:
     """Write the partitions of every date from start to end from one history as of end."""
-    return run_pipeline("backfill", start, end, input_location, Path(output_dir),
+    return run_pipeline("backfill", start, end, input_location, output_dir,
                         Path(config_path) if config_path else None, timezone, on_day, workers, dask_address, force,
-                        shards)
+                        shards, output_format)

@@ -62,12 +62,13 @@ def run_counts(manifest: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def resource_id(output: Path) -> str:
-    """The event resource of one output location."""
-    return f"funnel.output.{output.resolve()}"
+def resource_id(output: Path | str) -> str:
+    """The event resource of one output location: an absolute path, or the object-store URI as given."""
+    text = str(output)
+    return f"funnel.output.{text if '://' in text else Path(text).resolve()}"
 
 
-def emit_run_completed(manifest: Mapping[str, Any], output: Path) -> None:
+def emit_run_completed(manifest: Mapping[str, Any], output: Path | str) -> None:
     """Emit `funnel.run.completed` for the output location, labelled by flow and quality outcome.
 
     The labels are on the resource because an automation's trigger matches resource labels,
@@ -78,7 +79,7 @@ def emit_run_completed(manifest: Mapping[str, Any], output: Path) -> None:
     failed = bool(manifest.get("quality_violations"))
     emit_event(
         EVENT,
-        resource={"prefect.resource.id": resource_id(output), "prefect.resource.name": output.name or str(output),
+        resource={"prefect.resource.id": resource_id(output), "prefect.resource.name": str(output).rstrip("/"),
                   "funnel.flow": str(manifest["flow"]), "funnel.quality": "failed" if failed else "passed"},
         payload=run_counts(manifest),
     )

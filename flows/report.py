@@ -1,4 +1,4 @@
-"""The funnel report: one self-contained HTML page per run, built from the Parquet outputs."""
+"""The funnel report: one self-contained HTML page per run, built from the outputs (pending over published)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from flows.catalog import DAILY_FUNNEL, MILESTONES, OWNER_HISTORY, SLA, SLA_DAILY, TRANSITIONS, Dataset
-from flows.store import OutputStore
+from flows.store import OutputStore, Store, report_relative
 from transforms.report import (
     all_sources_cohorts,
     backward_weekly,
@@ -164,18 +164,18 @@ def _reasons_table(manifest: dict[str, Any]) -> str:
             f"<th>quarantined by reason</th></tr>{rows}</table>")
 
 
-def latest_manifest(store: OutputStore, as_of: date) -> dict[str, Any]:
+def latest_manifest(store: Store, as_of: date) -> dict[str, Any]:
     """The manifest of the latest committed run with this as-of date."""
     matching = [m for m in store.manifests() if m["as_of"] == as_of.isoformat()]
     if not matching:
-        raise FileNotFoundError(f"{store.manifest_path('*').parent}: no run manifest for as-of {as_of}")
+        raise FileNotFoundError(f"{store.location}/runs: no run manifest for as-of {as_of}")
     return matching[-1]
 
 
-def _dated(store: OutputStore, pending: OutputStore | None, dataset: Dataset) -> pl.DataFrame:
+def _dated(store: Store, pending: OutputStore | None, dataset: Dataset) -> pl.DataFrame:
     """Every date of a dated dataset: the pending run's partitions over the published ones."""
     new = set(pending.published_dates(dataset)) if pending else set()
-    frames = [pl.read_parquet(store.path(dataset, day)).with_columns(pl.lit(day).alias(str(dataset.partition)))
+    frames = [store.read_day(dataset, day).with_columns(pl.lit(day).alias(str(dataset.partition)))
               for day in store.published_dates(dataset) if day not in new]
     if pending is not None:
         frames += [pl.read_parquet(pending.path(dataset, day)).with_columns(pl.lit(day).alias(str(dataset.partition)))
@@ -183,14 +183,18 @@ def _dated(store: OutputStore, pending: OutputStore | None, dataset: Dataset) ->
     return pl.concat(frames, how="vertical_relaxed")
 
 
-def render_report(store: OutputStore, pending: OutputStore | None, manifest: dict[str, Any],
+def _whole(store: Store, pending: OutputStore | None, dataset: Dataset) -> pl.DataFrame:
+    """A whole dataset: the pending run's, else the published one."""
+    return pl.read_parquet(pending.path(dataset)) if pending is not None else store.scan(dataset).collect()
+
+
+def render_report(store: Store, pending: OutputStore | None, manifest: dict[str, Any],
                   config: FunnelConfig) -> str:
     """The report page of one run, from its datasets (pending ones over published ones)."""
     as_of = date.fromisoformat(manifest["as_of"])
-    source = pending or store
     daily = _dated(store, pending, DAILY_FUNNEL).select(DAILY_FUNNEL_COLUMNS)
-    transitions = pl.read_parquet(source.path(TRANSITIONS))
-    milestones = pl.read_parquet(source.path(MILESTONES))
+    transitions = _whole(store, pending, TRANSITIONS)
+    milestones = _whole(store, pending, MILESTONES)
     cohorts_all = all_sources_cohorts(milestones, as_of, config)
     sections = [
         ("The funnel today", f"Leads in each stage at the end of {as_of}, the team that owns them, and the share "
@@ -206,7 +210,7 @@ def render_report(store: OutputStore, pending: OutputStore | None, manifest: dic
         ("By source", "Leads in each stage today for every acquisition source.",
          _source_figure(by_source(daily, as_of, config))),
     ]
-    sla = pl.read_parquet(source.path(SLA))
+    sla = _whole(store, pending, SLA)
     handoffs = _dated(store, pending, SLA_DAILY) if config.slas else None
     for rule in config.slas:
         assert handoffs is not None
@@ -224,7 +228,7 @@ def render_report(store: OutputStore, pending: OutputStore | None, manifest: dic
         chart = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
         parts.append(f"<section><h2>{html.escape(title)}</h2><p>{html.escape(explanation)}</p>{chart}</section>")
     if config.slas:
-        owners = pl.read_parquet(source.path(OWNER_HISTORY))
+        owners = _whole(store, pending, OWNER_HISTORY)
         parts.append(f"<section><h2>Overdue leads by owner</h2>{_owners_table(overdue_by_owner(sla, owners), as_of)}"
                      "</section>")
     restated = restatements([*store.manifests(), manifest], as_of)
@@ -244,15 +248,17 @@ config {html.escape(manifest['config_hash'])}, code {html.escape(manifest['code_
 """
 
 
-def write_report(store: OutputStore, pending: OutputStore | None, manifest: dict[str, Any],
-                 config: FunnelConfig) -> Path:
+def write_report(store: Store, pending: OutputStore | None, manifest: dict[str, Any],
+                 config: FunnelConfig) -> Path | str:
     """Write report/as_of=D/index.html and report/latest.html into the pending area (or the store).
 
     Returns where the page is once published.
     """
     page = render_report(store, pending, manifest, config)
     as_of = date.fromisoformat(manifest["as_of"])
-    target = pending or store
-    target.write_text(page, target.report_path(as_of))
-    target.write_text(page, target.report_path())
-    return store.report_path(as_of)
+    for relative in (report_relative(as_of), report_relative()):
+        if pending is not None:
+            pending.write_text(page, pending.root / relative)
+        else:
+            store.publish_text(page, relative)
+    return store.report_location(as_of)

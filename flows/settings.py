@@ -120,6 +120,18 @@ class LineageConfig:
     timeout_s: float = 5.0
 
 
+OBJECT_STORE_SCHEMES = ("s3", "gs", "az", "abfs", "abfss")
+OutputFormat = Literal["parquet", "delta"]
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where a run publishes (`[output]`): a local directory or an object-store URI, and the table format."""
+
+    location: str | None = None  # None: data/output in the repository
+    format: OutputFormat = "parquet"
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Everything about a run that is not a funnel rule."""
@@ -134,6 +146,7 @@ class RunSettings:
     on_rules_change: str = "restate"  # or "refuse": a nightly run names the backfill instead
     quality: QualityConfig = QualityConfig()
     lineage: LineageConfig = LineageConfig()
+    output: OutputConfig = OutputConfig()
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,11 @@ class _LineageIn(_Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
+class _OutputIn(_Strict):
+    location: str | None = None
+    format: Literal["parquet", "delta"] = "parquet"
+
+
 class _SettingsIn(_Strict):
     source: _SourceIn = Field(default_factory=lambda: _SourceIn())
     dask: _DaskIn = Field(default_factory=lambda: _DaskIn())
@@ -213,6 +231,7 @@ class _SettingsIn(_Strict):
     guard: _GuardIn = Field(default_factory=lambda: _GuardIn())
     quality: _QualityIn = Field(default_factory=lambda: _QualityIn())
     lineage: _LineageIn = Field(default_factory=lambda: _LineageIn())
+    output: _OutputIn = Field(default_factory=lambda: _OutputIn())
 
 
 def dask_address(address: str, where: str) -> str:
@@ -230,6 +249,31 @@ def lineage_url(url: str, where: str) -> str:
     if parsed.password is not None:
         raise ConfigError(f"{where}: the URL holds a credential; put the API key in OPENLINEAGE_API_KEY")
     return url
+
+
+def is_object_store(location: str) -> bool:
+    """Whether an output location is an object-store URI (s3://, gs://, az://) rather than a local path."""
+    return urlsplit(location).scheme.lower() in OBJECT_STORE_SCHEMES
+
+
+def output_location(location: str, where: str) -> str:
+    """An output location without a credential: a local path or `scheme://bucket/prefix`, or ConfigError.
+
+    Object-store credentials come from the standard environment only, so a URI that carries
+    one (userinfo or a query) is refused before it reaches a log or a Prefect parameter.
+    """
+    parsed = urlsplit(location)
+    scheme = parsed.scheme.lower()
+    if not scheme or len(scheme) == 1 or scheme == "file":
+        return location
+    if scheme not in OBJECT_STORE_SCHEMES:
+        raise ConfigError(f"{where}: {scheme}:// is not an output location (a path, s3://, gs:// or az://)")
+    if parsed.username is not None or parsed.password is not None or parsed.query:
+        raise ConfigError(f"{where}: the output URI holds a credential or options; give credentials in the "
+                          "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), never in the URI")
+    if not parsed.hostname:
+        raise ConfigError(f"{where}: {scheme}:// needs a bucket: {scheme}://bucket/prefix")
+    return location.rstrip("/")
 
 
 def database_uri_without_password(uri: str) -> str:
@@ -308,6 +352,9 @@ def parse_settings(data: Mapping[str, Any], where: str = "config") -> Settings:
                               activities=raw.quality.limits(raw.quality.activities)),
         lineage=LineageConfig(url=lineage_url(raw.lineage.url, f"{where}: lineage.url") if raw.lineage.url else None,
                               namespace=raw.lineage.namespace, timeout_s=raw.lineage.timeout_s),
+        output=OutputConfig(
+            location=output_location(raw.output.location, f"{where}: output.location") if raw.output.location else None,
+            format=raw.output.format),
     )
     return Settings(rules=rules, run=run)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -54,15 +54,48 @@ class OutputStore:
             raise ValueError(f"{dataset.name} is partitioned by {dataset.partition}: a date is needed")
         return base / f"{dataset.partition}={day.isoformat()}"
 
+    @property
+    def location(self) -> str:
+        """The output location as given to readers (the directory)."""
+        return str(self.root)
+
+    def has(self, dataset: Dataset) -> bool:
+        """Whether the dataset has been published here."""
+        return (self.root / dataset.name).exists()
+
+    def scan(self, dataset: Dataset) -> pl.LazyFrame:
+        """A published whole dataset, lazily."""
+        return pl.scan_parquet(self.path(dataset))
+
+    def read_day(self, dataset: Dataset, day: date) -> pl.DataFrame:
+        """One published date partition, without its partition column (as part files hold it)."""
+        return pl.read_parquet(self.path(dataset, day))
+
+    def report_location(self, as_of: date | None = None) -> Path:
+        """Where a report page is once published."""
+        return self.report_path(as_of)
+
+    def publish_text(self, text: str, relative: str) -> None:
+        """Write a text file straight under the output location (a report rendered again)."""
+        self.write_text(text, self.root / relative)
+
+    def publish(self, pending: OutputStore) -> dict[str, Any]:
+        """Commit a run's pending area; nothing to add to its manifest."""
+        self.commit(pending)
+        return {}
+
+    def prepare(self) -> None:
+        """Before a run, under the lock: finish an interrupted commit, drop leftovers, refuse a non-atomic FS."""
+        self.clear_tmp()
+        check_atomic(self.root)
+
     def manifest_path(self, run_id: str) -> Path:
         """The JSON manifest of one run."""
         return self.root / RUNS / f"{run_id}.json"
 
     def report_path(self, as_of: date | None = None) -> Path:
         """The report page of one as-of date, or the latest one."""
-        if as_of is None:
-            return self.root / REPORT / "latest.html"
-        return self.root / REPORT / f"as_of={as_of.isoformat()}" / "index.html"
+        return self.root / report_relative(as_of)
 
     def shard_input(self, table: str, shard: int) -> Path:
         """Where a pending area keeps one shard's validated rows of an input table."""
@@ -185,17 +218,97 @@ class OutputStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the output location for one run; a second run is refused at once."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                message = f"{self.root}: another funnel run is writing here; try again when it ends"
-                raise RunLockedError(message) from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with flock(self.root / ".lock", str(self.root)):
+            yield
+
+
+@contextlib.contextmanager
+def flock(lock_file: Path, location: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local file for one run; a second run is refused at once."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunLockedError(f"{location}: another funnel run is writing here; try again when it ends") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class ParquetOnObjectStoreError(ValueError):
+    """Parquet directories need atomic renames, which an object store does not have."""
+
+
+def open_store(location: str | Path, output_format: str) -> Store:
+    """The store of an output location in a format: Parquet directories (local only) or Delta tables."""
+    from flows.settings import is_object_store
+
+    text = str(location)
+    if output_format == "delta":
+        from flows.delta import DeltaStore
+
+        return DeltaStore(text.rstrip("/") if is_object_store(text) else str(Path(text).resolve()))
+    if is_object_store(text):
+        raise ParquetOnObjectStoreError(f"{text}: Parquet outputs need a local file system (object stores have no "
+                                        "atomic rename); use --format delta")
+    return OutputStore(Path(text))
+
+
+def report_relative(as_of: date | None = None) -> str:
+    """The report page of one as-of date (or the latest one), relative to the output location."""
+    if as_of is None:
+        return f"{REPORT}/latest.html"
+    return f"{REPORT}/as_of={as_of.isoformat()}/index.html"
+
+
+class Store(Protocol):
+    """The published side of an output location: Parquet directories or Delta tables, local or on an object store.
+
+    A run writes into a local pending area (`pending`) and hands it to `publish`; everything it
+    reads of earlier runs (restatement, the report) goes through the other methods.
+    """
+
+    @property
+    def location(self) -> str:
+        """The output location, as a reader opens it."""
+
+    def pending(self, run_id: str) -> OutputStore:
+        """A run's local pending area."""
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every committed run manifest, oldest first."""
+
+    def published_dates(self, dataset: Dataset) -> list[date]:
+        """The published dates of a dated dataset."""
+
+    def has(self, dataset: Dataset) -> bool:
+        """Whether the dataset has been published."""
+
+    def scan(self, dataset: Dataset) -> pl.LazyFrame:
+        """A published whole dataset, lazily."""
+
+    def read_day(self, dataset: Dataset, day: date) -> pl.DataFrame:
+        """One published date partition, without its partition column."""
+
+    def report_location(self, as_of: date | None = None) -> Path | str:
+        """Where a report page is once published."""
+
+    def publish_text(self, text: str, relative: str) -> None:
+        """Write a text file straight under the output location."""
+
+    def publish(self, pending: OutputStore) -> dict[str, Any]:
+        """Commit a pending area, manifest last; what the committed manifest gained."""
+
+    def prepare(self) -> None:
+        """Before a run, under the lock: recover from a crashed run and refuse an unsafe location."""
+
+    def recover(self) -> bool:
+        """Complete or undo a commit a crash interrupted; True if there was one."""
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the output location for one run."""
 
 
 class OutputWriteError(OSError):

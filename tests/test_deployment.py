@@ -118,8 +118,12 @@ def test_parameters_are_absolute_and_credential_free(tmp_path: Path, monkeypatch
 
     monkeypatch.chdir(tmp_path)
     assert run_parameters(Path("c.toml"), "in", Path("out"), shards=4) == {
-        "input_location": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"),
+        "input_location": str(tmp_path / "in"), "output_dir": str(tmp_path / "out"), "output_format": None,
         "config_path": str(tmp_path / "c.toml"), "workers": None, "dask_address": None, "shards": 4}
+    lake = run_parameters(Path("c.toml"), None, "s3://lake/funnel", output_format="delta")
+    assert (lake["output_dir"], lake["output_format"]) == ("s3://lake/funnel", "delta")
+    with pytest.raises(ConfigError, match="credential"):
+        run_parameters(Path("c.toml"), None, "s3://key:secret@lake/funnel")
     assert run_parameters(Path("c.toml"), "postgresql://etl@db:5432/crm", Path("out"))["input_location"] == (
         "postgresql://etl@db:5432/crm")
     with pytest.raises(ConfigError, match="holds a credential"):
@@ -166,8 +170,8 @@ def test_deploy_then_worker_runs_nightly_at_scheduled_date_and_backfill(prefect_
     assert stored["global_concurrency_limit"]["limit"] == 1
     assert stored["work_pool_name"] == POOL
     assert stored["parameters"] == {"input_location": str(inputs), "output_dir": str(output),
-                                    "config_path": str(config), "workers": None, "dask_address": None,
-                                    "shards": None}
+                                    "output_format": None, "config_path": str(config), "workers": None,
+                                    "dask_address": None, "shards": None}
 
     worker_log = tmp_path / "worker.log"
     worker_env = _quiet_env(tmp_path / "worker-home", PREFECT_API_URL=prefect_api, PREFECT_WORKER_QUERY_SECONDS="1",
