@@ -1,8 +1,10 @@
-"""The `funnel` command: generate data, run the nightly flow, backfill, serve the schedule."""
+"""The `funnel` command: generate data, run the nightly flow, backfill, serve the schedule, maintain outputs."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import logging
 import os
 import signal
 import sys
@@ -22,6 +24,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 if TYPE_CHECKING:
     from flows.pipeline import RunSummary
+    from flows.store import Store
 
 
 def _date(text: str) -> date:
@@ -35,7 +38,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=None,
                         help="directory with leads and activities (CSV or Parquet), or a postgresql:// URI "
                              "(password in FUNNEL_DB_PASSWORD); default: the config's source.uri, else data/sample")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location")
+    _output_options(parser)
     parser.add_argument("--config", type=Path, default=None, help="funnel rules (TOML); shipped defaults if absent")
     parser.add_argument("--timezone", default=None, help="IANA zone; overrides the config's")
     parser.add_argument("--workers", type=int, default=None,
@@ -47,6 +50,15 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="split the leads into N shards (default: the config's run.shards, else by input size)")
     parser.add_argument("--force", action="store_true",
                         help="publish even when the input looks collapsed (see [guard] in the config)")
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=None,
+                        help="output location: a directory or s3://bucket/prefix (gs://, az://), credentials from "
+                             "the environment (default: the config's output.location, else data/output)")
+    parser.add_argument("--format", dest="output_format", choices=("parquet", "delta"), default=None,
+                        help="parquet directories (local only) or Delta Lake tables (default: the config's "
+                             "output.format, else parquet)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="render the HTML report again from existing outputs")
     report.add_argument("--as-of", type=_date, default=None, help="as-of date (default: the latest run's)")
-    report.add_argument("--output", type=Path, default=None, help="output location (default: data/output)")
+    _output_options(report)
     report.add_argument("--config", type=Path, default=None)
     report.add_argument("--timezone", default=None)
 
@@ -83,15 +95,31 @@ def _parser() -> argparse.ArgumentParser:
                             "server (PREFECT_API_URL), schedule and timezone from the config")
     deploy.add_argument("--config", type=Path, default=None, help="funnel rules and run settings (TOML)")
     deploy.add_argument("--input", default=None, help="input location the runs read (no credentials)")
-    deploy.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location the runs write")
+    deploy.add_argument("--output", default=str(DEFAULT_OUTPUT), help="output location the runs write (path or s3://...)")
+    deploy.add_argument("--format", dest="output_format", choices=("parquet", "delta"), default=None,
+                        help="output format of the runs (default: the config's [output] format)")
     deploy.add_argument("--pool", default="funnel", help="process work pool (created if missing)")
     deploy.add_argument("--name", default="funnel", help="deployment name")
     deploy.add_argument("--workers", type=int, default=None)
     deploy.add_argument("--dask-address", default=None)
     deploy.add_argument("--shards", type=int, default=None)
 
-    recover = sub.add_parser("recover", help="complete a commit that a crash interrupted")
-    recover.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output location")
+    recover = sub.add_parser("recover", help="complete (parquet) or undo (delta) a commit a crash interrupted")
+    _output_options(recover)
+    recover.add_argument("--config", type=Path, default=None)
+
+    vacuum = sub.add_parser("vacuum", help="compact every Delta table and delete files older than a retention")
+    _output_options(vacuum)
+    vacuum.add_argument("--config", type=Path, default=None)
+    vacuum.add_argument("--retention-hours", type=int, default=None,
+                        help="delete unreferenced files older than this (default and minimum without --force: 168)")
+    vacuum.add_argument("--force", action="store_true", help="allow a retention shorter than 168 hours")
+
+    catalog = sub.add_parser("catalog", help="write DuckDB views (funnel_views.sql) and a dbt sources.yml for the "
+                             "outputs")
+    _output_options(catalog)
+    catalog.add_argument("--config", type=Path, default=None)
+    catalog.add_argument("--to", type=Path, required=True, help="directory to write the two files into")
 
     serve = sub.add_parser("serve", help="serve the nightly deployment on its cron schedule")
     serve.add_argument("--cron", default=None, help="cron (default: the config's schedule.cron)")
@@ -150,7 +178,10 @@ class TemporaryApi:
     signal follows the starting thread, so the thread stays alive for the process's lifetime.
     """
 
+    started = False  # whether this process started one
+
     def __init__(self) -> None:
+        TemporaryApi.started = True
         self.ready = threading.Event()
         self.error: BaseException | None = None
         threading.Thread(target=self._serve, name="prefect-temporary-api", daemon=True).start()
@@ -166,8 +197,13 @@ class TemporaryApi:
             return popen(*args, preexec_fn=_die_with_parent, **kwargs)
 
         setattr(subprocess, "Popen", bound_popen)  # noqa: B010  (only while Prefect spawns its server)
+        server = SubprocessASGIServer()
         try:
-            SubprocessASGIServer().start()
+            server.start()
+            # Prefect's own stop waits for the server to shut down (1-2 s of every run). Ending
+            # this process is enough: the parent-death signal stops the server, which then
+            # finishes its shutdown alone, after every client-side flush in this process ran.
+            atexit.unregister(server.stop)
         except BaseException as exc:  # surfaced by wait(), in the main thread
             self.error = exc
         finally:
@@ -203,7 +239,12 @@ def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
         from flows.settings import database_uri_without_password
 
         database_uri_without_password(args.input)  # before the URI reaches Prefect as a parameter
-    common = {"input_location": args.input, "force": args.force, "shards": args.shards, "output_dir": str(args.output),
+    if args.output:
+        from flows.settings import output_location
+
+        output_location(args.output, "--output")  # likewise: a URI holding a credential never becomes a parameter
+    common = {"input_location": args.input, "force": args.force, "shards": args.shards, "output_dir": args.output,
+              "output_format": args.output_format,
               "config_path": str(args.config) if args.config else None, "timezone": args.timezone,
               "workers": args.workers, "dask_address": args.dask_address}
     if args.command == "run":
@@ -218,15 +259,26 @@ def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
     _print_summary(summary, time.perf_counter() - started)
 
 
+def _store(args: argparse.Namespace) -> tuple[Store, str, str]:
+    """The output store the command line (or the config's `[output]`) names, its location and format."""
+    from flows.settings import load_settings, output_location
+    from flows.store import open_store
+
+    output = load_settings(args.config).run.output
+    location = output_location(str(args.output or output.location or DEFAULT_OUTPUT), "--output")
+    output_format = args.output_format or output.format
+    store = open_store(location, output_format)
+    return store, store.location, output_format
+
+
 def _report(args: argparse.Namespace) -> None:
     from flows.report import latest_manifest, write_report
     from flows.settings import load_config
-    from flows.store import OutputStore
 
-    store = OutputStore(args.output or DEFAULT_OUTPUT)
+    store, location, _ = _store(args)
     manifests = store.manifests()
     if not manifests:
-        raise ValueError(f"{store.root}: no runs yet; run `funnel run` first")
+        raise ValueError(f"{location}: no runs yet; run `funnel run` first")
     manifest = latest_manifest(store, args.as_of) if args.as_of else manifests[-1]
     print(f"report: {write_report(store, None, manifest, load_config(args.config, args.timezone))}")
 
@@ -235,23 +287,46 @@ def _deploy(args: argparse.Namespace) -> None:
     from flows.deployment import deploy, deploy_report
 
     deployed = deploy(args.config, args.input, args.output, args.pool, args.name, args.workers, args.dask_address,
-                      args.shards)
+                      args.shards, args.output_format)
     print("\n".join(deploy_report(deployed, args.pool)))
 
 
 def _recover(args: argparse.Namespace) -> None:
-    from flows.store import OutputStore
-
-    store = OutputStore(args.output)
+    store, location, _ = _store(args)
     with store.locked():
         done = store.recover()
-    print(f"funnel recover: {'completed an interrupted commit' if done else 'nothing to recover'} in {store.root}")
+    print(f"funnel recover: {'recovered an interrupted commit' if done else 'nothing to recover'} in {location}")
+
+
+def _vacuum(args: argparse.Namespace) -> None:
+    from flows.delta import SAFE_RETENTION_HOURS, DeltaStore
+
+    store, location, _ = _store(args)
+    if not isinstance(store, DeltaStore):
+        raise ValueError(f"{location}: vacuum maintains Delta tables (--format delta); Parquet keeps no old files")
+    hours = SAFE_RETENTION_HOURS if args.retention_hours is None else args.retention_hours
+    with store.locked():
+        done = store.vacuum(hours, args.force)
+    for name, (compacted, deleted) in done.items():
+        print(f"  {name:<28} compacted {compacted:>5} files  deleted {deleted:>5} files")
+    print(f"funnel vacuum: {len(done)} tables in {location}, retention {hours} h")
+
+
+def _catalog(args: argparse.Namespace) -> None:
+    from flows.settings import load_config
+    from flows.views import write_catalog
+
+    _, location, output_format = _store(args)
+    for path in write_catalog(location, output_format, load_config(args.config), args.to):
+        print(f"wrote {path}")
 
 
 def _serve(args: argparse.Namespace) -> None:
     from flows.deployment import nightly_deployment
 
-    deployment = nightly_deployment(args.input, args.output, args.config, args.timezone, args.cron,
+    # Deployments take a local output directory; the format comes from the config's [output].
+    output = Path(args.output) if args.output else DEFAULT_OUTPUT
+    deployment = nightly_deployment(args.input, output, args.config, args.timezone, args.cron,
                                     args.workers, args.dask_address)
     from prefect import serve
 
@@ -264,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler stopping the job) ends a run like Ctrl-C: nothing published, lock released.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = _start_temporary_api() if args.command in ("run", "backfill") else None
+    from flows.delta import OutputStoreError
     from flows.inputs import InputError
     from flows.pipeline import CollapsedInputError
     from flows.quality import QualityError
@@ -279,12 +355,16 @@ def main(argv: list[str] | None = None) -> int:
             _report(args)
         elif args.command == "recover":
             _recover(args)
+        elif args.command == "vacuum":
+            _vacuum(args)
+        elif args.command == "catalog":
+            _catalog(args)
         elif args.command == "deploy":
             _deploy(args)
         else:
             _run(args, server)
-    except (InputError, ConfigError, RunLockedError, CollapsedInputError, NotAtomicError, ValueError,
-            FileNotFoundError) as exc:
+    except (InputError, ConfigError, RunLockedError, CollapsedInputError, NotAtomicError, OutputStoreError,
+            ValueError, FileNotFoundError) as exc:
         print(f"funnel: {exc}", file=sys.stderr)
         return 2
     except QualityError as exc:  # published, but below the configured data quality
@@ -300,5 +380,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The console script: `main`, then a quick exit where this process ran Prefect's temporary API.
+
+    That server and everything sent to it end with this process anyway, so after the exit
+    handlers (Prefect's flushes) ran, tearing down the interpreter's modules and threads is
+    skipped: about a second of every run.
+    """
+    code = main()
+    if TemporaryApi.started:
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
