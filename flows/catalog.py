@@ -26,6 +26,7 @@ from schemas.transitions import TransitionsModel
 from schemas.transitions_daily import TransitionsDailyModel
 from transforms.classify import History
 from transforms.milestones import milestone_columns
+from transforms.restatement import RowTimes
 from transforms.rules import FunnelConfig
 
 
@@ -48,7 +49,7 @@ class Dataset:
     schema: Callable[[FunnelConfig], pa.DataFrameSchema | type[pa.DataFrameModel]]
     # For the lead-grain datasets a shard writes whole: its rows, from the shard's history.
     rows: Callable[[History], pl.LazyFrame] | None = None
-    key: tuple[str, ...] = ()  # unique within a partition (dated datasets): how two versions are compared
+    times: RowTimes | None = None  # lead-grain datasets: how their rows tell which dates may have changed
 
     def frame(self, history: History) -> pl.LazyFrame:
         """The rows of a history that make up this dataset (lead-grain datasets only)."""
@@ -71,34 +72,40 @@ def _fixed(model: pa.DataFrameSchema | type[pa.DataFrameModel]) -> Callable[[Fun
 
 TRANSITIONS = Dataset("transitions", Grain.WHOLE, None,
                       "One row per stage change plus one entry row per lead", _fixed(TransitionsModel),
-                      History.transitions_dataset)
+                      History.transitions_dataset, times=RowTimes("transitioned_at"))
 STAGE_HISTORY = Dataset("stage_history", Grain.WHOLE, None,
                         "SCD2 stage intervals per lead (valid_from, valid_to)", _fixed(StageHistoryModel),
                         History.stage_history_dataset)
 MILESTONES = Dataset("milestones", Grain.WHOLE, None,
                      "One row per lead: current stage, backward moves, first time at each stage",
-                     lambda config: milestones_schema(milestone_columns(config)), History.milestones_dataset)
+                     lambda config: milestones_schema(milestone_columns(config)), History.milestones_dataset,
+                     times=RowTimes("created_at", columns=("lead_id", "created_at", "source")))
 OWNER_HISTORY = Dataset("owner_history", Grain.WHOLE, None,
                         "SCD2 owner intervals per lead: who on the team has it (valid_from, valid_to)",
-                        _fixed(OwnerHistoryModel), History.owner_history_dataset)
+                        _fixed(OwnerHistoryModel), History.owner_history_dataset,
+                        times=RowTimes("valid_from", moving={"valid_to": ()}))
 SLA = Dataset("sla", Grain.WHOLE, None,
               "One row per handoff SLA clock: entered, due, stopped, status as of the run's date",
-              _fixed(SlaModel), History.sla_dataset)
+              _fixed(SlaModel), History.sla_dataset,
+              # a stop after the boundary is no stop yet, nor is its cause; status and hours follow the as-of
+              times=RowTimes("entered_at", moving={"stopped_at": ("stopped_by",)},
+                             columns=("lead_id", "stage", "owner_team", "owner_id", "entered_at", "due_at",
+                                      "stopped_at", "stopped_by")))
 COHORT_CONVERSION = Dataset("metrics/cohort_conversion", Grain.WHOLE, None,
                             "Per cohort month, source and adjacent stage pair: entered, converted, rate",
                             _fixed(CohortConversionModel))
 SNAPSHOTS = Dataset("snapshots", Grain.DATED, "snapshot_date",
                     "One row per lead per date: stage, owner team, days in stage, engagement",
-                    _fixed(SnapshotsModel), key=("lead_id",))
+                    _fixed(SnapshotsModel))
 DAILY_FUNNEL = Dataset("metrics/daily_funnel", Grain.DATED, "date",
                        "Per date, source and stage: in stage, entered, exited forward and backward",
-                       _fixed(DailyFunnelModel), key=("source", "stage"))
+                       _fixed(DailyFunnelModel))
 TRANSITIONS_DAILY = Dataset("metrics/transitions_daily", Grain.DATED, "date",
                             "Per date, source, from, to and direction: transitions and median hours",
-                            _fixed(TransitionsDailyModel), key=("source", "from_stage", "to_stage", "direction"))
+                            _fixed(TransitionsDailyModel))
 SLA_DAILY = Dataset("metrics/sla_daily", Grain.DATED, "date",
                     "Per date, SLA stage and owner team: clocks started, met on time, stopped late, overdue",
-                    _fixed(SlaDailyModel), key=("stage", "owner_team"))
+                    _fixed(SlaDailyModel))
 QUARANTINE_LEADS = Dataset("quarantine/leads", Grain.RUN, "as_of",
                            "Refused leads rows: original values as text (personal columns redacted), reasons",
                            _fixed(LeadsQuarantineSchema))

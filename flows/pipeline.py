@@ -64,7 +64,7 @@ from flows.shard import (
 from flows.store import OutputStore, Store, open_store
 from transforms.calendar import boundary
 from transforms.metrics import combine_cohort_conversion, combine_daily_funnel, combine_transitions_daily
-from transforms.restatement import combine_fingerprints, earliest_change, first_changed_date
+from transforms.restatement import combine_fingerprints, earliest_change, first_changed_date, same_rows
 from transforms.rules import FunnelConfig
 from transforms.sla import combine_sla_daily
 from transforms.validation import RawTable, TableValidation, validate_activities, validate_leads
@@ -269,8 +269,10 @@ def maybe_changed(store: Store, pending: OutputStore, to_check: list[date], fing
     if old_fingerprint is None or any(not store.has(d) for d in LEAD_GRAIN):
         return to_check  # nothing to compare with: check every date
     last = max(to_check)
-    frames = {d.name: (store.scan(d), pl.scan_parquet(pending.path(d))) for d in LEAD_GRAIN}
-    instant = earliest_change({k: v[0] for k, v in frames.items()}, {k: v[1] for k, v in frames.items()},
+    compared = [d for d in LEAD_GRAIN if d.times is not None]
+    instant = earliest_change({d.name: store.scan(d) for d in compared},
+                              {d.name: pl.scan_parquet(pending.path(d)) for d in compared},
+                              {d.name: d.times for d in compared if d.times is not None},
                               boundary(last, config.timezone))
     firsts = [first_changed_date(old_fingerprint, fingerprint, last)]
     if instant is not None:
@@ -288,18 +290,12 @@ def unchanged_partitions(store: Store, pending: OutputStore, dates: list[date]) 
         for dataset in DATED:
             new = pending.path(dataset, day)
             if (new.exists() and day in published[dataset.name]
-                    and _same_rows(pl.read_parquet(new), store.read_day(dataset, day), dataset.key)):
+                    and same_rows(pl.read_parquet(new), store.read_day(dataset, day))):
                 shutil.rmtree(new)
                 same += 1
         if same == len(DATED):
             alike.append(day)
     return alike
-
-
-def _same_rows(new: pl.DataFrame, old: pl.DataFrame, key: tuple[str, ...]) -> bool:
-    if new.schema != old.schema or new.height != old.height:
-        return False
-    return new.sort(key).equals(old.sort(key))
 
 
 def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: Store,
