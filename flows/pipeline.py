@@ -281,21 +281,26 @@ def maybe_changed(store: Store, pending: OutputStore, to_check: list[date], fing
     return [] if first is None else [d for d in to_check if d >= first]
 
 
-def unchanged_partitions(store: Store, pending: OutputStore, dates: list[date]) -> list[date]:
-    """Drop from the pending area every partition of these dates equal to the published one; the dates left alike."""
-    alike = []
+def drop_unchanged(store: Store, pending: OutputStore, dates: list[date], written: dict[str, int]) -> list[date]:
+    """Drop from the pending area every partition of these dates equal to the published one.
+
+    Returns the dates some partition of which still differs, and takes the dropped rows off
+    `written`, so a date whose rows the late input did not change is not rewritten at all.
+    """
+    changed = []
     published = {dataset.name: set(store.published_dates(dataset)) for dataset in DATED} if dates else {}
     for day in dates:
-        same = 0
         for dataset in DATED:
             new = pending.path(dataset, day)
-            if (new.exists() and day in published[dataset.name]
-                    and same_rows(pl.read_parquet(new), store.read_day(dataset, day))):
-                shutil.rmtree(new)
-                same += 1
-        if same == len(DATED):
-            alike.append(day)
-    return alike
+            if new.exists() and day in published[dataset.name]:
+                rows = pl.read_parquet(new)
+                if same_rows(rows, store.read_day(dataset, day)):
+                    shutil.rmtree(new)
+                    written[dataset.name] -= rows.height
+                    continue
+            changed.append(day)
+            break
+    return changed
 
 
 def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: Store,
@@ -324,8 +329,6 @@ def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: 
             written = [dates_of_shard(s, root, config, as_of, dates) for s in range(shards)]
     finally:
         forget(pending)
-    plan.late_rows = [d for d in plan.maybe_changed if d not in set(unchanged_partitions(store, pending,
-                                                                                         plan.maybe_changed))]
     return replayed, written
 
 
@@ -476,10 +479,11 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Store
         pending = store.pending(run_id)
         replayed, dated = run_shards(valid, config, run, store, pending, plan, to_check)
         summary.shards = len(replayed)
-        summary.dates = plan.as_dict()
         lap("shards")
         combined = combine(replayed, dated, valid, config, pending, plan, on_day)
+        plan.late_rows = drop_unchanged(store, pending, plan.maybe_changed, combined.written)
         summary.written = combined.written
+        summary.dates = plan.as_dict()
         lap("combine")
         peaks: dict[int, float] = {}
         parts: list[Replayed | DatesWritten] = [*replayed, *dated]
