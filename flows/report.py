@@ -10,7 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
-from flows.catalog import DAILY_FUNNEL, MILESTONES, OWNER_HISTORY, SLA, SLA_DAILY, TRANSITIONS, Dataset
+from flows.catalog import DAILY_FUNNEL, MILESTONES, OWNER_HISTORY, SLA, TRANSITIONS, Dataset
 from flows.store import OutputStore, Store, report_relative
 from transforms.report import (
     all_sources_cohorts,
@@ -117,7 +117,7 @@ def _handoff_figure(weekly: pl.DataFrame, pickup: pl.DataFrame, stage: str, hour
     rows = weekly.filter(pl.col("stage") == stage)
     fig = go.Figure()
     for key, name, colour in (("met_on_time", "met on time", "#4c9a2a"), ("stopped_late", "answered late", "#e0a030"),
-                              ("overdue", "still overdue at week's end", "#c0392b")):
+                              ("overdue", "still overdue now", "#c0392b"), ("open", "open, not yet due", "#9e9e9e")):
         fig.add_trace(go.Bar(x=rows["week"].to_list(), y=rows[key].to_list(), name=name, marker_color=colour,
                              text=rows[key].to_list(), textposition="inside"))
     times = pickup.filter(pl.col("stage") == stage)
@@ -125,8 +125,8 @@ def _handoff_figure(weekly: pl.DataFrame, pickup: pl.DataFrame, stage: str, hour
                              name="median hours to pick up", mode="lines+markers", line_color="#333"))
     fig.update_layout(barmode="stack", yaxis2={"overlaying": "y", "side": "right", "title": "median hours",
                                                "rangemode": "tozero"})
-    return _figure(fig, f"Leads entering {stage}: answered within {hours:g} h or not, per week", "week (Monday)",
-                   "leads entering the stage")
+    return _figure(fig, f"Leads entering {stage}: answered within {hours:g} h or not, per week",
+                   "week entered (Monday)", "leads entering the stage")
 
 
 def _owners_table(overdue: pl.DataFrame, as_of: date) -> str:
@@ -211,15 +211,14 @@ def render_report(store: Store, pending: OutputStore | None, manifest: dict[str,
          _source_figure(by_source(daily, as_of, config))),
     ]
     sla = _whole(store, pending, SLA)
-    handoffs = _dated(store, pending, SLA_DAILY) if config.slas else None
     for rule in config.slas:
-        assert handoffs is not None
         sections.append((
             f"Handoffs into {rule.stage}",
             f"Every lead entering {rule.stage} starts a clock: it is answered on time when "
             f"{' or '.join(rule.met_by) + ' happens or ' if rule.met_by else ''}the lead leaves {rule.stage} within "
-            f"{rule.within_hours:g} hours. Bars count the leads per week; the line is the median time it took.",
-            _handoff_figure(sla_weekly(handoffs, as_of, config), pickup_hours_weekly(sla, as_of, config), rule.stage,
+            f"{rule.within_hours:g} hours. Bars count the leads entering it each week by outcome as of {as_of}; "
+            "the line is the median time it took to answer, by week answered.",
+            _handoff_figure(sla_weekly(sla, as_of, config), pickup_hours_weekly(sla, as_of, config), rule.stage,
                             rule.within_hours)))
     sections.append(("Data quality", "Rows read from each input, how many were usable, refused (quarantined) or "
                      "exact duplicates (collapsed).", _quality_figure(manifest)))

@@ -100,16 +100,18 @@ def cohort_matrix(cohorts_all: pl.DataFrame, months: int = 12) -> pl.DataFrame:
     )
 
 
-def sla_weekly(sla_daily: pl.DataFrame, as_of: date, config: FunnelConfig, weeks: int = 26) -> pl.DataFrame:
-    """Per local week (Monday) and SLA stage: clocks met on time, stopped late, and overdue at the week's last day."""
-    first = as_of - timedelta(weeks=weeks)
-    recent = sla_daily.filter(pl.col("date").is_between(first, as_of)).with_columns(
-        week=pl.col("date").dt.truncate("1w"))
-    last_day = pl.col("date") == pl.col("date").max().over("week")
+def sla_weekly(sla: pl.DataFrame, as_of: date, config: FunnelConfig, weeks: int = 26) -> pl.DataFrame:
+    """Per local week (Monday) a lead entered an SLA stage: clocks met on time, answered late, still overdue or open."""
+    entered = pl.col("entered_at").dt.convert_time_zone(config.timezone).dt.date()
+    running = pl.col("stopped_at").is_null()
     return (
-        recent.group_by("week", "stage")
-        .agg(pl.col("met_on_time").sum(), pl.col("stopped_late").sum(),
-             overdue=pl.col("overdue").filter(last_day).sum())
+        sla.with_columns(day=entered)
+        .filter(pl.col("day").is_between(as_of - timedelta(weeks=weeks), as_of))
+        .group_by(pl.col("day").dt.truncate("1w").alias("week"), "stage")
+        .agg(met_on_time=(pl.col("status") == "met").sum(),
+             stopped_late=(~running & (pl.col("status") == "breached")).sum(),
+             overdue=(running & (pl.col("status") == "breached")).sum(),
+             open=(pl.col("status") == "open").sum())
         .sort("week", _stage_order(config))
     )
 
