@@ -346,21 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     from flows.store import NotAtomicError, RunLockedError
     from transforms.rules import ConfigError
 
+    commands = {"generate": _generate, "serve": _serve, "report": _report, "recover": _recover, "vacuum": _vacuum,
+                "catalog": _catalog, "deploy": _deploy}
     try:
-        if args.command == "generate":
-            _generate(args)
-        elif args.command == "serve":
-            _serve(args)
-        elif args.command == "report":
-            _report(args)
-        elif args.command == "recover":
-            _recover(args)
-        elif args.command == "vacuum":
-            _vacuum(args)
-        elif args.command == "catalog":
-            _catalog(args)
-        elif args.command == "deploy":
-            _deploy(args)
+        if args.command in commands:
+            commands[args.command](args)
         else:
             _run(args, server)
     except (InputError, ConfigError, RunLockedError, CollapsedInputError, NotAtomicError, OutputStoreError,

@@ -21,7 +21,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,9 @@ class OutputStore:
     """Every path under one output location, and how a run's pending area is committed."""
 
     root: Path
+    # The committed manifests, read once: a run asks for them several times, and each holds the
+    # points fingerprint of every published date.
+    _manifests: list[list[dict[str, Any]]] = field(default_factory=list, compare=False, repr=False)
 
     def path(self, dataset: Dataset, day: date | None = None) -> Path:
         """Directory of a dataset, or of one date partition of it."""
@@ -142,16 +145,11 @@ class OutputStore:
         return self.write_text(text, self.manifest_path(run_id))
 
     def manifests(self) -> list[dict[str, Any]]:
-        """Every committed run manifest, oldest first."""
-        found = [json.loads(p.read_text()) for p in (self.root / RUNS).glob("*.json")]
-        return sorted(found, key=lambda m: str(m["ended_at"]))
-
-    def read(self, dataset: Dataset) -> pl.DataFrame:
-        """A published dataset as one frame (date partitions with their column), or None-like empty."""
-        path = self.root / dataset.name
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: not published yet")
-        return pl.read_parquet(path, hive_partitioning=dataset.partition is not None)
+        """Every committed run manifest, oldest first (read once until the next commit)."""
+        if not self._manifests:
+            found = [json.loads(p.read_text()) for p in (self.root / RUNS).glob("*.json")]
+            self._manifests.append(sorted(found, key=lambda m: str(m["ended_at"])))
+        return self._manifests[0]
 
     def published_dates(self, dataset: Dataset) -> list[date]:
         """The dates with a published partition of a dated dataset."""
@@ -199,6 +197,7 @@ class OutputStore:
             elif source.exists():
                 shutil.rmtree(source) if source.is_dir() else source.unlink()
         shutil.rmtree(pending_root, ignore_errors=True)
+        self._manifests.clear()  # a manifest was published
 
     def recover(self) -> bool:
         """Complete a commit that a crash interrupted; True if there was one."""

@@ -15,24 +15,14 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from flows import catalog
-from flows.settings import DEFAULT_CONFIG
 from tests.conftest import dirty_input
 
 AS_OF = date(2026, 10, 31)
 DATASETS = [d.name for d in catalog.DATASETS]
+# The sample's rules: the defaults plus two handoff SLAs, so that sla and sla_daily have rows to compare.
+SAMPLE_RULES = Path(__file__).resolve().parent.parent / "data" / "sample" / "funnel.toml"
 # Row order within a dataset is not part of the contract (a sharded dataset has one part per shard);
 # metrics and quarantine are combined by the driver, in order.
-# Two handoff SLAs, so that sla and sla_daily have rows to compare.
-SLAS = """
-[[sla]]
-stage = "mql"
-within_hours = 48
-met_by = ["sales_accepted", "sales_rejected"]
-[[sla]]
-stage = "sal"
-within_hours = 72
-met_by = ["meeting_held"]
-"""
 ORDERED = {d.name for d in catalog.DATASETS if d.name.startswith(("metrics/", "quarantine/"))}
 
 
@@ -61,12 +51,10 @@ def test_one_shard_eight_shards_and_two_workers_give_the_same_rows(inputs: Path,
     """Nightly and a backfill across the end of DST, Berlin time: every dataset, every metric."""
     from flows.pipeline import backfill, nightly
 
-    rules = tmp_path / "rules.toml"
-    rules.write_text(DEFAULT_CONFIG.read_text() + SLAS)
     for name, flow_kwargs in (("nightly", {"as_of": AS_OF}),
                               ("backfill", {"start": date(2026, 10, 20), "end": AS_OF})):
         runner = nightly if name == "nightly" else backfill
-        common = {"input_location": str(inputs), "timezone": "Europe/Berlin", "config_path": str(rules),
+        common = {"input_location": str(inputs), "timezone": "Europe/Berlin", "config_path": str(SAMPLE_RULES),
                   **flow_kwargs}
         single = runner(output_dir=str(tmp_path / name / "single"), **common)
         local = runner(output_dir=str(tmp_path / name / "local8"), shards=8, **common)
