@@ -51,7 +51,7 @@ def _night(input_dir: Path, early: Path, work: Path, name: str) -> dict[str, obj
     funnel = [sys.executable, "-m", "flows.cli"]
     _child([*funnel, "backfill", "--start", str(as_of - timedelta(days=10)), "--end", str(as_of - timedelta(days=1)),
             "--input", str(early), "--output", str(out), "--timezone", TZ], None)
-    wall, rss, _ = _child([*funnel, "run", "--as-of", AS_OF, "--input", str(input_dir), "--output", str(out),
+    wall, rss, _, _ = _child([*funnel, "run", "--as-of", AS_OF, "--input", str(input_dir), "--output", str(out),
                            "--timezone", TZ], None)
     runs = sorted((out / "runs").glob("*.json"), key=lambda p: json.loads(p.read_text())["ended_at"])
     manifest = json.loads(runs[-1].read_text())

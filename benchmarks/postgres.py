@@ -51,7 +51,7 @@ def main() -> None:
     _load(args.uri)
     out = {}
     for name, location in (("postgresql", args.uri), ("parquet", str(typed_input("1m")))):
-        wall, rss, text = _child([sys.executable, "-c", READ, location], None)
+        wall, rss, text, _ = _child([sys.executable, "-c", READ, location], None)
         seconds, rows = text.split()
         out[name] = {"rows": int(rows), "read_s": round(float(seconds), 1), "process_s": round(wall, 1),
                      "peak_rss_gb": round(rss, 2)}

@@ -53,7 +53,7 @@ def main() -> None:
         for i in range(args.repeat):
             for name, config in configs.items():
                 out = Path(tmp) / f"{name}-{i}"
-                wall, rss, _ = _child([sys.executable, "-m", "flows.cli", "run", "--as-of", AS_OF, "--input",
+                wall, rss, _, _ = _child([sys.executable, "-m", "flows.cli", "run", "--as-of", AS_OF, "--input",
                                        str(directory), "--output", str(out), "--config", str(config),
                                        "--timezone", "Europe/Berlin"], None)
                 seconds[name].append(round(wall, 2))

@@ -48,6 +48,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="shard the replay on an existing Dask cluster (tcp://host:port)")
     parser.add_argument("--shards", type=int, default=None,
                         help="split the leads into N shards (default: the config's run.shards, else by input size)")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="memory budget that sets the number of shards (default: the config's run.memory_gb, "
+                             "else 60%% of the machine's or memory cgroup's memory)")
     parser.add_argument("--force", action="store_true",
                         help="publish even when the input looks collapsed (see [guard] in the config)")
 
@@ -246,7 +249,7 @@ def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
     common = {"input_location": args.input, "force": args.force, "shards": args.shards, "output_dir": args.output,
               "output_format": args.output_format,
               "config_path": str(args.config) if args.config else None, "timezone": args.timezone,
-              "workers": args.workers, "dask_address": args.dask_address}
+              "workers": args.workers, "dask_address": args.dask_address, "memory_gb": args.memory_gb}
     if args.command == "run":
         summary = nightly(as_of=args.as_of, **common)
     else:

@@ -41,7 +41,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from flows.catalog import DATASETS, RUNS, Dataset, Grain
 from flows.settings import is_object_store
-from flows.store import SHARD_INPUT, TMP, OutputStore, flock, report_relative
+from flows.store import SCRATCH, TMP, OutputStore, flock, report_relative
 
 # Delta's own default for `delta.deletedFileRetentionDuration`: a shorter vacuum can delete
 # files that a reader pinned to a recent version (or a running query) still needs.
@@ -222,7 +222,7 @@ class DeltaStore:
             new = pool.map(lambda d: self.commit_table(d, pending.root / d.name, d.name in pinned), written)
             versions = {**pinned, **{d.name: v for d, v in zip(written, new, strict=True)}}
         files = sorted(p for p in pending.root.rglob("*") if p.is_file() and p.suffix in (".html", ".json")
-                       and p.relative_to(pending.root).parts[0] not in (SHARD_INPUT, RUNS))
+                       and p.relative_to(pending.root).parts[0] not in (SCRATCH, RUNS))
         for path in files:
             self.publish_text(path.read_text(encoding="utf-8"), path.relative_to(pending.root).as_posix())
         added = {"delta_versions": dict(sorted(versions.items()))}

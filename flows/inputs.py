@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -24,8 +25,8 @@ from flows.settings import SourceConfig, database_uri_without_password, redacted
 from schemas.rules import ACTIVITY_COLUMNS, ACTIVITY_REQUIRED, LEAD_COLUMNS, LEAD_REQUIRED
 from transforms.validation import LINE, RawTable, type_mismatch
 
-__all__ = ["InputError", "RawTable", "TransientInputError", "check_column_types", "input_file", "is_database",
-           "read_database_table", "read_input", "read_table"]
+__all__ = ["InputError", "RawTable", "Source", "TransientInputError", "check_column_types", "input_file",
+           "is_database", "read_database_table", "read_input", "read_table", "scan_input", "scan_table"]
 
 TABLES = {"leads": (LEAD_COLUMNS, LEAD_REQUIRED), "activities": (ACTIVITY_COLUMNS, ACTIVITY_REQUIRED)}
 # Delimiters a CSV export is often saved with by mistake, with the name a message gives them.
@@ -79,24 +80,47 @@ def _uuid_columns(schema: Any) -> list[str]:
     return [f.name for f in schema if isinstance(f.type, pa.UuidType)]
 
 
-def _read_parquet(path: Path, table: str) -> pl.DataFrame:
+@dataclass(frozen=True)
+class Source:
+    """An input table ready to be read whole or in lead shards, never read whole before it must be.
+
+    `frame` is a lazy scan of Parquet (the input itself, or a database table streamed into a
+    local file) with the contract's columns, their types checked; a CSV is held as read.
+    `malformed` holds the CSV lines set aside for their field count; `rows` counts the rows.
+    """
+
+    frame: pl.LazyFrame
+    rows: int
+    malformed: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={LINE: pl.Int64}))
+
+    def collect(self) -> RawTable:
+        """The whole table in memory, as validation reads one shard."""
+        try:
+            return RawTable(self.frame.collect(), self.malformed)
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(f"unreadable input: {_first_line(exc)}") from exc
+
+
+def _scan_parquet(path: Path, table: str, where: str | None = None) -> Source:
+    """A Parquet table as a lazy scan of its contract columns, types checked from its schema alone."""
     import pyarrow.parquet as pq
 
     columns, required = TABLES[table]
+    where = where or str(path)
     frame = pl.scan_parquet(path)
     try:
         present = frame.collect_schema().names()
         uuids = _uuid_columns(pq.read_schema(path))
+        rows = pq.ParquetFile(path).metadata.num_rows
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputError(f"{path}: unreadable: {_first_line(exc)}") from exc
+        raise InputError(f"{where}: unreadable: {_first_line(exc)}") from exc
     missing = [c for c in required if c not in present]
     if missing:
-        raise InputError(f"{path}: missing required column {missing[0]!r}")
-    try:
-        return frame.select([c for c in columns if c in present]).with_columns(
-            _uuid_text(c) for c in uuids if c in columns).collect()
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"{path}: unreadable: {_first_line(exc)}") from exc
+        raise InputError(f"{where}: missing required column {missing[0]!r}")
+    frame = frame.select([c for c in columns if c in present]).with_columns(
+        _uuid_text(c) for c in uuids if c in columns)
+    check_column_types(table, pl.DataFrame(schema=frame.collect_schema()), where)
+    return Source(frame=frame, rows=rows)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -185,16 +209,23 @@ def _read_csv(path: Path, table: str) -> RawTable:
     return RawTable(frame=cast(pl.DataFrame, pl.from_arrow(arrow)), malformed=rows)
 
 
-def read_table(directory: Path, table: str) -> RawTable:
+def scan_table(directory: Path, table: str) -> Source:
     """A raw input table with the contract's columns present in it (extra columns ignored).
 
     CSV is read entirely as text, so each value is parsed, and can fail, on its own; Parquet
-    keeps its types, each checked to hold its field.
+    keeps its types, each checked to hold its field, and is only scanned here.
     """
     path = input_file(directory, table)
-    raw = _read_csv(path, table) if path.suffix == ".csv" else RawTable(_read_parquet(path, table))
+    if path.suffix == ".parquet":
+        return _scan_parquet(path, table)
+    raw = _read_csv(path, table)
     check_column_types(table, raw.frame, str(path))
-    return raw
+    return Source(frame=raw.frame.lazy(), rows=raw.frame.height + raw.malformed.height, malformed=raw.malformed)
+
+
+def read_table(directory: Path, table: str) -> RawTable:
+    """A raw input table, read whole (see `scan_table`)."""
+    return scan_table(directory, table).collect()
 
 
 # Messages of connection-level failures; anything else (a wrong table, column or password) is final.
@@ -239,34 +270,40 @@ def _numeric_scale(field: Any) -> int | None:
     return (typmod - 4) & 0xFFFF if typmod >= 4 else None  # typmod is ((p << 16) | s) + 4
 
 
-def _decimal_or_float(column: pl.Series, scale: int | None) -> pl.Series:
-    """PostgreSQL numeric text as a decimal of its scale; as Float64 where a value does not fit one (NaN)."""
+def _decimal_or_float(column: pl.LazyFrame, name: str, scale: int | None) -> pl.Expr:
+    """PostgreSQL numeric text as a decimal of its scale; as Float64 where a value does not fit one (NaN).
+
+    One pass over the spilled column finds the widest value (and, for an unconstrained
+    `numeric`, the scale); the conversion itself stays lazy.
+    """
+    text = pl.col(name)
+    fraction, digits, nulls, fits = column.select(
+        text.str.extract(r"\.([0-9]+)$", 1).str.len_chars().max().alias("fraction"),
+        text.str.replace_all(r"[^0-9]", "").str.len_chars().max().alias("digits"),
+        text.null_count().alias("nulls"),
+        text.str.contains(r"^-?[0-9]*\.?[0-9]*$").sum().alias("fits"),
+    ).collect().row(0)
     if scale is None:
-        fraction = column.str.extract(r"\.([0-9]+)$", 1).str.len_chars().max()
-        scale = int(cast(int, fraction)) if fraction is not None else 0
-    digits = column.str.replace_all(r"[^0-9]", "").str.len_chars().max()
-    if scale <= _MAX_DECIMAL_DIGITS and (digits is None or cast(int, digits) <= _MAX_DECIMAL_DIGITS):
-        decimal = column.str.to_decimal(scale=scale)
-        if decimal.null_count() == column.null_count():
-            return decimal
-    return column.cast(pl.Float64, strict=False)
+        scale = int(fraction) if fraction is not None else 0
+    present = column.select(pl.len()).collect().item() - nulls
+    if scale <= _MAX_DECIMAL_DIGITS and (digits is None or digits <= _MAX_DECIMAL_DIGITS) and fits == present:
+        return text.str.to_decimal(scale=scale).alias(name)
+    return text.cast(pl.Float64, strict=False).alias(name)
 
 
-def _read_batches(sql: str, uri: str) -> pl.DataFrame:
-    """A query's rows, streamed as Arrow batches into a local Parquet file, then read from it.
+def _read_batches(sql: str, uri: str, path: Path) -> pl.LazyFrame:
+    """A query's rows, streamed as Arrow batches into a local Parquet file, then scanned from it.
 
-    The database read then needs about what reading a Parquet input needs: one batch is in
-    flight while writing, and the table is read once from the file (a whole-table read through
-    connectorx took about twice the memory). The file lives in the system temporary directory
-    (TMPDIR) and is removed after. `numeric` (an Arrow extension Polars cannot read) is spilled
-    as its text and read back as a decimal; `uuid` as its bytes, read back as canonical text.
+    The database read holds one batch at a time, and the table is then read like a Parquet
+    input: whole, or one lead shard at a time. `numeric` (an Arrow extension Polars cannot
+    read) is spilled as its text and read back as a decimal; `uuid` as its bytes, read back as
+    canonical text.
     """
     import adbc_driver_postgresql.dbapi as adbc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with (adbc.connect(uri) as connection, connection.cursor() as cursor,
-          tempfile.TemporaryDirectory(prefix="funnel-extract-") as spill):
+    with adbc.connect(uri) as connection, connection.cursor() as cursor:
         cursor.execute(sql)
         reader = cursor.fetch_record_batch()
         opaque = [i for i, f in enumerate(reader.schema) if isinstance(f.type, pa.OpaqueType)]
@@ -275,19 +312,16 @@ def _read_batches(sql: str, uri: str) -> pl.DataFrame:
         schema = reader.schema
         for i in opaque:
             schema = schema.set(i, pa.field(schema.field(i).name, schema.field(i).type.storage_type))
-        path = Path(spill) / "table.parquet"
         with pq.ParquetWriter(path, schema, compression="none") as writer:
             for batch in reader:
                 arrays = [batch.column(i).storage if i in opaque else batch.column(i) for i in range(batch.num_columns)]
                 writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
-        frame = pl.read_parquet(path)
-    return frame.with_columns(
-        *(_uuid_text(c) for c in _uuid_columns(reader.schema)),
-        *(_decimal_or_float(frame[c], scale) for c, scale in numeric.items()),
-    )
+    frame = pl.scan_parquet(path)
+    decimals = [_decimal_or_float(frame.select(c), c, scale) for c, scale in numeric.items()]
+    return frame.with_columns(*(_uuid_text(c) for c in _uuid_columns(reader.schema)), *decimals)
 
 
-def read_database_table(uri: str, table: str, source: SourceConfig) -> pl.DataFrame:
+def scan_database_table(uri: str, table: str, source: SourceConfig, spill: Path) -> Source:
     """One input table from PostgreSQL, columns mapped to contract names, straight into Arrow.
 
     The password comes from the environment (or a Prefect Secret block), never from the URI, so
@@ -298,22 +332,40 @@ def read_database_table(uri: str, table: str, source: SourceConfig) -> pl.DataFr
     spec = source.leads if table == "leads" else source.activities
     columns, required = TABLES[table]
     where = f"{redacted_location(uri)} ({spec.query or spec.table})"
+    path = spill / f"{table}.parquet"
     try:
-        frame = _read_batches(spec.sql(), _with_connect_timeout(_with_password(uri, source), source.connect_timeout_s))
+        frame = _read_batches(spec.sql(), _with_connect_timeout(_with_password(uri, source), source.connect_timeout_s),
+                              path)
+        present = frame.collect_schema().names()
     except Exception as exc:  # ADBC's errors carry the server's message
         first = _first_line(exc)
         error = TransientInputError if any(t in first.lower() for t in _TRANSIENT) else InputError
         raise error(f"{where}: {first}") from exc
-    missing = [c for c in required if c not in frame.columns]
+    missing = [c for c in required if c not in present]
     if missing:
         raise InputError(f"{where}: missing required column {missing[0]!r}")
-    frame = frame.select([c for c in columns if c in frame.columns])
-    check_column_types(table, frame, where)
-    return frame
+    frame = frame.select([c for c in columns if c in present])
+    check_column_types(table, pl.DataFrame(schema=frame.collect_schema()), where)
+    return Source(frame=frame, rows=pl.scan_parquet(path).select(pl.len()).collect().item())
+
+
+def scan_input(location: str, table: str, source: SourceConfig, spill: Path) -> Source:
+    """An input table from a directory (CSV or Parquet) or a PostgreSQL URI, its column types checked.
+
+    A database table is streamed into `spill` (a directory the caller keeps for the run).
+    """
+    if is_database(location):
+        return scan_database_table(location, table, source, spill)
+    return scan_table(Path(location), table)
+
+
+def read_database_table(uri: str, table: str, source: SourceConfig) -> pl.DataFrame:
+    """One database table read whole (see `scan_database_table`)."""
+    with tempfile.TemporaryDirectory(prefix="funnel-extract-") as spill:
+        return scan_database_table(uri, table, source, Path(spill)).collect().frame
 
 
 def read_input(location: str, table: str, source: SourceConfig) -> RawTable:
-    """An input table from a directory (CSV or Parquet) or a PostgreSQL URI, its column types checked."""
-    if is_database(location):
-        return RawTable(read_database_table(location, table, source))
-    return read_table(Path(location), table)
+    """An input table read whole (tests and tools; a run reads through `scan_input`)."""
+    with tempfile.TemporaryDirectory(prefix="funnel-extract-") as spill:
+        return scan_input(location, table, source, Path(spill)).collect()

@@ -1,16 +1,20 @@
 """Prefect flows: the nightly run and the backfill, one execution path for both.
 
-Extract and validate the input, guard against a collapsed input, replay it as N lead shards
-(in this process or on Dask, the same `build_shard`), combine the shards' partial metrics,
-build the report and the manifest, all in the run's pending area, then commit once.
+Scan the input, choose the lead shards from its size and the memory budget, stream it into
+shard files when there is more than one, validate and replay each shard (in this process or
+on Dask, the same `flows/shard.py`), guard against a collapsed input, combine the shards'
+partial metrics, build the report and the manifest, all in the run's pending area, then
+commit once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -32,13 +36,13 @@ from flows.catalog import (
     DAILY_FUNNEL,
     DATED,
     LEAD_GRAIN,
-    QUARANTINE,
     SLA_DAILY,
     SNAPSHOTS,
     TRANSITIONS_DAILY,
 )
-from flows.inputs import TransientInputError, read_input
+from flows.inputs import Source, TransientInputError, scan_input
 from flows.lineage import Lineage
+from flows.memory import budget_gb, shards_for
 from flows.quality import QualityError, emit_run_completed, quality_violations
 from flows.report import write_report
 from flows.settings import (
@@ -51,47 +55,32 @@ from flows.settings import (
     redacted_location,
 )
 from flows.shard import (
+    TABLES,
     DatesWritten,
     Replayed,
+    ShardJob,
+    add_summaries,
     forget,
     peak_rss_gb,
-    read_shard_inputs,
+    read_raw_shard,
+    repeated_ids,
     replay_shard,
-    split,
+    split_inputs,
     write_dates,
-    write_shard_inputs,
 )
-from flows.store import OutputStore, Store, open_store
+from flows.store import SCRATCH, OutputStore, Store, open_store
 from transforms.calendar import boundary
 from transforms.metrics import combine_cohort_conversion, combine_daily_funnel, combine_transitions_daily
 from transforms.restatement import combine_fingerprints, earliest_change, first_changed_date, same_rows
 from transforms.rules import FunnelConfig
 from transforms.sla import combine_sla_daily
-from transforms.validation import RawTable, TableValidation, validate_activities, validate_leads
+from transforms.validation import RawTable
 
 DEFAULT_REMOTE_SHARDS = 8
-# Activities per shard a local run aims at when no shard count is set: one shard up to here.
-ACTIVITIES_PER_SHARD = 50_000_000
 
 
 class CollapsedInputError(RuntimeError):
     """The input collapsed (no valid lead, far fewer than last time, mostly quarantined): nothing published."""
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Raw input tables as read."""
-
-    leads: RawTable
-    activities: RawTable
-
-
-@dataclass(frozen=True)
-class Validated:
-    """Both tables after validation."""
-
-    leads: TableValidation
-    activities: TableValidation
 
 
 @dataclass
@@ -107,6 +96,7 @@ class RunSummary:
     written: dict[str, int] = field(default_factory=dict)
     report: Path | str | None = None
     shards: int = 1
+    memory_budget_gb: float = 0.0
     dates: dict[str, list[str]] = field(default_factory=dict)  # written, by reason
 
 
@@ -148,63 +138,64 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_transient,
       cache_policy=NO_CACHE)
-def extract(location: str, source: SourceConfig) -> Inputs:
-    """Read both input tables (retried with backoff: the only step that touches a flaky outside)."""
-    return Inputs(leads=read_input(location, "leads", source), activities=read_input(location, "activities", source))
+def extract(location: str, source: SourceConfig, spill: str) -> dict[str, Source]:
+    """Find and scan both input tables, their types checked; a database table is streamed into `spill`.
+
+    Retried with backoff: the only step that touches a flaky outside.
+    """
+    return {table: scan_input(location, table, source, Path(spill)) for table in TABLES}
 
 
-@task(cache_policy=NO_CACHE)
-def validate(inputs: Inputs, config: FunnelConfig, run_start: datetime) -> Validated:
-    """Row rules, duplicates and references; every row valid, quarantined or collapsed."""
-    leads = validate_leads(inputs.leads, run_start, config.personal_columns)
-    activities = validate_activities(inputs.activities, leads.valid, config.catalogue, run_start)
-    return Validated(leads=leads, activities=activities)
-
-
-def guard(valid: Validated, limits: GuardConfig, last_valid_leads: int | None) -> None:
+def guard(tables: dict[str, dict[str, Any]], limits: GuardConfig, last_valid_leads: int | None) -> None:
     """Refuse to publish a collapsed input (FUNNEL_SPEC.md section 4); --force skips this."""
-    leads = valid.leads.counts
-    if leads.valid == 0:
-        raise CollapsedInputError(f"input has no valid lead ({leads.read} read, {leads.quarantined} quarantined): "
-                                  "nothing published (--force publishes anyway)")
-    if last_valid_leads and leads.valid < limits.min_lead_ratio * last_valid_leads:
-        raise CollapsedInputError(f"input has {leads.valid} valid leads, fewer than {limits.min_lead_ratio:.0%} of "
-                                  f"the last published run's {last_valid_leads}: nothing published "
+    leads = tables["leads"]
+    if leads["valid"] == 0:
+        raise CollapsedInputError(f"input has no valid lead ({leads['read']} read, {leads['quarantined']} "
+                                  "quarantined): nothing published (--force publishes anyway)")
+    if last_valid_leads and leads["valid"] < limits.min_lead_ratio * last_valid_leads:
+        raise CollapsedInputError(f"input has {leads['valid']} valid leads, fewer than {limits.min_lead_ratio:.0%} "
+                                  f"of the last published run's {last_valid_leads}: nothing published "
                                   "(--force publishes anyway)")
-    for table, result in (("leads", valid.leads), ("activities", valid.activities)):
-        counts = result.counts
-        if counts.read and counts.quarantined / counts.read > limits.max_quarantine_share:
-            raise CollapsedInputError(f"{table}: {counts.quarantined} of {counts.read} rows quarantined, more than "
-                                      f"{limits.max_quarantine_share:.0%}: nothing published (--force publishes "
-                                      "anyway)")
+    for table in TABLES:
+        counts = tables[table]
+        if counts["read"] and counts["quarantined"] / counts["read"] > limits.max_quarantine_share:
+            raise CollapsedInputError(f"{table}: {counts['quarantined']} of {counts['read']} rows quarantined, more "
+                                      f"than {limits.max_quarantine_share:.0%}: nothing published (--force "
+                                      "publishes anyway)")
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def replay(shard: int, pending_root: str, config: FunnelConfig, as_of: date, fingerprint_from: date,
-           leads: pl.DataFrame | None = None, activities: pl.DataFrame | None = None) -> Replayed:
-    """One shard's replay: its input given in-process, or read from the pending area (on a Dask worker)."""
-    pending = OutputStore(Path(pending_root))
-    if leads is None or activities is None:
-        leads, activities = read_shard_inputs(pending, shard)
-    return replay_shard(leads, activities, config, as_of, pending, shard, fingerprint_from)
+def replay(job: ShardJob, shard: int, inputs: dict[str, RawTable] | None = None,
+           malformed: dict[str, pl.DataFrame] | None = None) -> Replayed:
+    """One shard's validation and replay: its raw rows given in-process, or read from the pending area.
+
+    Given rows are taken out of `inputs` as they are validated, so they are not kept alive.
+    """
+    if inputs is None:
+        inputs = {table: read_raw_shard(job, table, shard, (malformed or {}).get(table)) for table in TABLES}
+    return replay_shard(job, shard, inputs)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def dates_of_shard(shard: int, pending_root: str, config: FunnelConfig, as_of: date,
-                   dates: list[date]) -> DatesWritten:
+def dates_of_shard(job: ShardJob, shard: int, dates: list[date]) -> DatesWritten:
     """One shard's part of every date partition the run writes."""
-    return write_dates(config, as_of, dates, OutputStore(Path(pending_root)), shard)
+    return write_dates(job, shard, dates)
 
 
 def shard_count(run: RunSettings, activities: int) -> int:
-    """Shards of this run: as configured, else one per Dask worker, else from the input's size."""
+    """Shards of this run: as configured, else enough that each fits the memory budget.
+
+    On local Dask workers the budget is shared by the workers, which replay shards at the same
+    time; on a remote cluster it is each worker's.
+    """
     if run.shards:
         return run.shards
+    budget = budget_gb(run.memory_gb)
     if run.dask.address:
-        return DEFAULT_REMOTE_SHARDS
+        return max(DEFAULT_REMOTE_SHARDS, shards_for(activities, budget))
     if run.dask.workers:
-        return run.dask.workers
-    return max(1, -(-activities // ACTIVITIES_PER_SHARD))
+        return max(run.dask.workers, shards_for(activities, budget / run.dask.workers))
+    return shards_for(activities, budget)
 
 
 @dataclass
@@ -303,33 +294,36 @@ def drop_unchanged(store: Store, pending: OutputStore, dates: list[date], writte
     return changed
 
 
-def run_shards(valid: Validated, config: FunnelConfig, run: RunSettings, store: Store,
-               pending: OutputStore, plan: DatePlan, to_check: list[date]) -> tuple[list[Replayed], list[DatesWritten]]:
-    """Every shard's replay, then every shard's dates: in this process one after another, or on Dask."""
-    shards = shard_count(run, valid.activities.counts.valid)
-    as_of = max(plan.asked)
-    fingerprint_from = min([*plan.dates, *to_check]) - timedelta(days=config.window_days)
-    root = str(pending.root)
-    try:
-        if run.dask.enabled:
-            from flows.cluster import on_dask
+def _each_shard(run: RunSettings, step: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """One call of a shard step per shard: in this process one after another, or one task each on Dask."""
+    if run.dask.enabled:
+        from flows.cluster import on_dask
 
-            write_shard_inputs(valid.leads.valid, valid.activities.valid, pending, shards)
-            replayed = on_dask(run.dask, replay, [(s, root, config, as_of, fingerprint_from) for s in range(shards)])
-        else:
-            pairs = zip(split(valid.leads.valid, shards), split(valid.activities.valid, shards), strict=True)
-            replayed = [replay(s, root, config, as_of, fingerprint_from, leads, activities)
-                        for s, (leads, activities) in enumerate(pairs)]
-        fingerprint = combine_fingerprints([r.fingerprint for r in replayed])
-        plan.maybe_changed = maybe_changed(store, pending, to_check, fingerprint, config)
-        dates = plan.dates
-        if run.dask.enabled:
-            written = on_dask(run.dask, dates_of_shard, [(s, root, config, as_of, dates) for s in range(shards)])
-        else:
-            written = [dates_of_shard(s, root, config, as_of, dates) for s in range(shards)]
-    finally:
-        forget(pending)
-    return replayed, written
+        return on_dask(run.dask, step, calls)
+    return [step(*call) for call in calls]
+
+
+def replay_shards(sources: dict[str, Source], config: FunnelConfig, run: RunSettings, pending: OutputStore,
+                  plan: DatePlan, to_check: list[date], run_start: datetime,
+                  lap: Callable[[str], None]) -> tuple[ShardJob, list[Replayed]]:
+    """Every shard validated and replayed.
+
+    One local shard reads the input whole. Otherwise the input is streamed into shard files
+    first, and the activity_ids repeating across shards are found before any shard runs.
+    """
+    shards = shard_count(run, sources["activities"].rows)
+    job = ShardJob(pending_root=str(pending.root), shards=shards, config=config, as_of=max(plan.asked),
+                   run_start=run_start,
+                   fingerprint_from=min([*plan.dates, *to_check]) - timedelta(days=config.window_days),
+                   schemas={table: dict(source.frame.collect_schema()) for table, source in sources.items()},
+                   keep=shards == 1 and not run.dask.enabled)
+    if job.keep:
+        return job, [replay(job, 0, {table: source.collect() for table, source in sources.items()})]
+    split_inputs(sources, pending, shards)
+    job = replace(job, repeated_ids=repeated_ids(pending, config, run_start, sources["activities"].rows))
+    lap("split")
+    malformed = {table: source.malformed for table, source in sources.items()}
+    return job, _each_shard(run, replay, [(job, s, None, malformed if s == 0 else None) for s in range(shards)])
 
 
 @dataclass(frozen=True)
@@ -348,9 +342,9 @@ def _add(total: dict[str, int], rows: dict[str, int]) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def combine(replayed: list[Replayed], dated: list[DatesWritten], valid: Validated, config: FunnelConfig,
+def combine(replayed: list[Replayed], dated: list[DatesWritten], config: FunnelConfig,
             pending: OutputStore, plan: DatePlan, on_day: Callable[[date], None] | None) -> Combined:
-    """Run-wide metrics and quarantine, checked and written into the pending area."""
+    """Run-wide metrics, checked and written into the pending area."""
     as_of, dates = max(plan.asked), plan.dates
     written: dict[str, int] = {}
     parts: list[Replayed | DatesWritten] = [*replayed, *dated]
@@ -363,9 +357,6 @@ def combine(replayed: list[Replayed], dated: list[DatesWritten], valid: Validate
         pl.col("date").is_in(pl.Series(dates, dtype=pl.Date).implode())).collect()
     cohort = combine_cohort_conversion([r.cohort_conversion.lazy() for r in replayed], as_of, config).collect()
     written[COHORT_CONVERSION.name] = pending.write_dataset(COHORT_CONVERSION, COHORT_CONVERSION.check(cohort, config))
-    for table, checked in (("leads", valid.leads), ("activities", valid.activities)):
-        dataset = QUARANTINE[table]
-        written[dataset.name] = pending.write_dataset(dataset, dataset.check(checked.quarantine, config), day=as_of)
     for day in dates:
         for dataset, frame in ((DAILY_FUNNEL, funnel), (TRANSITIONS_DAILY, moves), (SLA_DAILY, handoffs)):
             rows = dataset.check(frame.filter(pl.col("date") == day), config)
@@ -375,14 +366,6 @@ def combine(replayed: list[Replayed], dated: list[DatesWritten], valid: Validate
     reached = [sum(column) for column in zip(*(r.reached for r in replayed), strict=True)]
     fingerprint = combine_fingerprints([r.fingerprint for r in replayed])
     return Combined(daily_funnel=funnel, written=written, reached=reached, fingerprint=fingerprint)
-
-
-def _table_summary(result: TableValidation) -> dict[str, Any]:
-    reasons = (
-        result.quarantine.select(pl.col("reasons").explode()).group_by("reasons").len()
-        .sort("reasons").rows()
-    )
-    return {**result.counts.as_dict(), "quarantine_reasons": dict(reasons)}
 
 
 def _funnel_markdown(summary: RunSummary, config: FunnelConfig, combined: Combined) -> str:
@@ -421,12 +404,16 @@ def run_pipeline(flow_name: str, start: date | None, end: date | None, input_loc
                  output_dir: str | Path | None, config_path: Path | None, timezone: str | None,
                  on_day: Callable[[date], None] | None = None, workers: int | None = None,
                  dask_address: str | None = None, force: bool = False,
-                 shards: int | None = None, output_format: str | None = None) -> RunSummary:
+                 shards: int | None = None, output_format: str | None = None,
+                 memory_gb: float | None = None) -> RunSummary:
     """Everything a run does; the two flows differ only in their date range."""
     settings = load_settings(config_path, timezone)  # refused before any data is read
     config = settings.rules
     run = settings.run
-    run = replace(run, dask=run.dask.overridden(workers, dask_address), shards=run.shards if shards is None else shards)
+    if memory_gb is not None and memory_gb <= 0:
+        raise ValueError(f"--memory-gb must be positive, not {memory_gb}")
+    run = replace(run, dask=run.dask.overridden(workers, dask_address), shards=run.shards if shards is None else shards,
+                  memory_gb=run.memory_gb if memory_gb is None else memory_gb)
     location = input_location or run.source.uri or str(DEFAULT_INPUT)
     end = end or default_as_of(config.timezone)
     start = start or end
@@ -463,24 +450,31 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Store
         phases[phase] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
-    inputs = extract(location, run.source)  # a missing input fails here, before the output location is touched
-    lap("extract")
-    with store.locked():
+    with contextlib.ExitStack() as stack:
+        spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="funnel-extract-"))
+        sources = extract(location, run.source, spill)  # a missing input fails here, before the output is touched
+        lap("extract")
+        stack.enter_context(store.locked())
         store.prepare()
         plan, to_check = plan_dates(flow_name, store, config, run, start, end, force)
-        valid = validate(inputs, config, run_start)
-        del inputs
-        lap("validate")
-        if not force:
-            guard(valid, run.guard, _last_valid_leads(store))
-        summary = RunSummary(run_id=run_id, flow=flow_name, as_of=end, start=start, output=output,
-                             tables={"leads": _table_summary(valid.leads),
-                                     "activities": _table_summary(valid.activities)})
         pending = store.pending(run_id)
-        replayed, dated = run_shards(valid, config, run, store, pending, plan, to_check)
-        summary.shards = len(replayed)
-        lap("shards")
-        combined = combine(replayed, dated, valid, config, pending, plan, on_day)
+        try:
+            job, replayed = replay_shards(sources, config, run, pending, plan, to_check, run_start, lap)
+            sources.clear()  # a single shard's rows were read from them: let them go
+            tables = {table: add_summaries([r.tables[table] for r in replayed]) for table in TABLES}
+            lap("validate_and_replay")
+            if not force:
+                guard(tables, run.guard, _last_valid_leads(store))
+            plan.maybe_changed = maybe_changed(store, pending, to_check,
+                                               combine_fingerprints([r.fingerprint for r in replayed]), config)
+            dated = _each_shard(run, dates_of_shard, [(job, s, plan.dates) for s in range(job.shards)])
+        finally:
+            forget(pending)
+            shutil.rmtree(pending.root / SCRATCH, ignore_errors=True)
+        summary = RunSummary(run_id=run_id, flow=flow_name, as_of=end, start=start, output=output, tables=tables,
+                             shards=job.shards, memory_budget_gb=budget_gb(run.memory_gb))
+        lap("dates")
+        combined = combine(replayed, dated, config, pending, plan, on_day)
         plan.late_rows = drop_unchanged(store, pending, plan.maybe_changed, combined.written)
         summary.written = combined.written
         summary.dates = plan.as_dict()
@@ -497,7 +491,8 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Store
             "timezone": config.timezone, "config_hash": config.config_hash, "code_version": code_version(),
             "input": redacted_location(location), "tables": summary.tables, "rows_written": summary.written,
             "forced": force,
-            "execution": {"shards": summary.shards, "dask_workers": run.dask.workers,
+            "execution": {"shards": summary.shards, "memory_budget_gb": summary.memory_budget_gb,
+                          "dask_workers": run.dask.workers,
                           "dask_address": run.dask.address, "driver_peak_rss_gb": peak_rss_gb(),
                           "worker_peak_rss_gb": sorted(v for pid, v in peaks.items() if pid != os.getpid())},
             "points_fingerprint": [[d.isoformat(), lo, hi, n] for d, lo, hi, n in combined.fingerprint.rows()],
@@ -517,15 +512,15 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Store
 def nightly(as_of: date | None = None, input_location: str | None = None, output_dir: str | None = None,
             config_path: str | None = None, timezone: str | None = None, workers: int | None = None,
             dask_address: str | None = None, force: bool = False, shards: int | None = None,
-            output_format: str | None = None) -> RunSummary:
+            output_format: str | None = None, memory_gb: float | None = None) -> RunSummary:
     """Recompute the whole history as of one date (default: the day before the scheduled start) and publish it.
 
     `workers` / `dask_address` run the shards on a local or an existing Dask cluster; `output_dir`
-    and `output_format` default to the config's `[output]`.
+    and `output_format` default to the config's `[output]`, `shards` and `memory_gb` to its `[run]`.
     """
     return run_pipeline("nightly", None, as_of, input_location, output_dir,
                         Path(config_path) if config_path else None, timezone, None, workers, dask_address, force,
-                        shards, output_format)
+                        shards, output_format, memory_gb)
 
 
 @flow(name="funnel-backfill", log_prints=False)
@@ -533,8 +528,8 @@ def backfill(start: date, end: date, input_location: str | None = None, output_d
              config_path: str | None = None, timezone: str | None = None,
              on_day: Callable[[date], None] | None = None, workers: int | None = None,
              dask_address: str | None = None, force: bool = False, shards: int | None = None,
-             output_format: str | None = None) -> RunSummary:
+             output_format: str | None = None, memory_gb: float | None = None) -> RunSummary:
     """Write the partitions of every date from start to end from one history as of end."""
     return run_pipeline("backfill", start, end, input_location, output_dir,
                         Path(config_path) if config_path else None, timezone, on_day, workers, dask_address, force,
-                        shards, output_format)
+                        shards, output_format, memory_gb)

@@ -1,16 +1,18 @@
-"""One shard of a run: a set of leads replayed, its part of every dataset written, partials returned.
+"""One shard of a run: a set of leads validated and replayed, its part of every dataset written, partials returned.
 
-Every lead's funnel depends only on its own activities, so a run is N shards of leads split by
-a stable hash of lead_id (N = 1 for a small input). A shard works in two steps, the same
-functions whether a local run calls them in this process or a Dask run on workers:
-1. `replay_shard` replays the shard's leads as of the run's date, writes its part of every
-   lead-grain dataset into the run's pending area and returns small partials (cohort counts,
-   funnel reach, the points fingerprint that tells which published dates may have changed);
+Every lead's funnel depends only on its own rows, so a run is N shards of leads split by a
+stable hash of the normalised lead_id (N = 1 for an input that fits the memory budget). The
+driver streams the input into shard files (`split_inputs`) and finds the activity_ids that
+repeat across shards (`repeated_ids`); everything else happens per shard, in two steps, the
+same functions whether a local run calls them in this process or a Dask run on workers:
+1. `replay_shard` validates the shard's raw rows (quarantine written per shard), replays its
+   leads as of the run's date, writes its part of every lead-grain dataset into the run's
+   pending area and returns small partials (table counts, cohort counts, funnel reach, the
+   points fingerprint that tells which published dates may have changed);
 2. `write_dates`, once the driver knows every date to write, writes the shard's part of those
-   dates' snapshot partitions and returns the daily metrics' partials (counts, and the values
-   medians are taken of).
-The replayed history is kept in the process between the steps; a worker that did not replay the
-shard (a retried or moved task) replays it again from the shard's input files.
+   dates' snapshot partitions and returns the daily metrics' partials.
+Between the steps a shard's replayed history is spilled to the pending area, so only one
+shard's rows are in memory at a time; a single local shard keeps it in the process instead.
 """
 
 from __future__ import annotations
@@ -18,24 +20,62 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any, Final
 
 import polars as pl
 
-from flows.catalog import LEAD_GRAIN, SNAPSHOTS
+from flows.catalog import LEAD_GRAIN, QUARANTINE, SNAPSHOTS
+from flows.inputs import Source
 from flows.store import OutputStore
 from transforms.classify import History, classify
 from transforms.metrics import cohort_conversion_parts, daily_funnel, transitions_daily_parts
 from transforms.restatement import points_fingerprint
 from transforms.rules import FunnelConfig
 from transforms.sharding import reached_counts, shard_of
+from transforms.validation import (
+    RawTable,
+    TableValidation,
+    identifier,
+    repeated_activity_ids,
+    validate_activities,
+    validate_leads,
+)
+
+TABLES = ("leads", "activities")
+# The frames of a History, spilled between a shard's two steps.
+HISTORY_FRAMES = ("leads", "transitions", "intervals", "points", "owners", "clocks")
+# Activity ids counted at once by the duplicate pre-pass (a hash table of about 0.5 GB).
+IDS_PER_BUCKET = 25_000_000
+_SPILL_COMPRESSION: Final = "lz4"  # work files: written once, read once, soon deleted
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard of one run is given; small and picklable, for Dask workers."""
+
+    pending_root: str
+    shards: int
+    config: FunnelConfig
+    as_of: date
+    run_start: datetime
+    fingerprint_from: date
+    schemas: dict[str, dict[str, pl.DataType]]  # each raw table's columns, for a shard without rows
+    repeated_ids: pl.Series | None = None  # activity_ids repeating across shards (None: one shard sees all)
+    keep: bool = False  # keep each history in this process between the steps (a single local shard)
+
+    @property
+    def pending(self) -> OutputStore:
+        """The run's pending area."""
+        return OutputStore(Path(self.pending_root))
 
 
 @dataclass(frozen=True)
 class Replayed:
     """What a shard's replay hands back: partials only, no lead rows."""
 
+    tables: dict[str, dict[str, Any]]
     cohort_conversion: pl.DataFrame
     reached: list[int]
     fingerprint: pl.DataFrame
@@ -60,36 +100,134 @@ class DatesWritten:
 _REPLAYED: dict[tuple[str, int], History] = {}
 
 
-def replay_shard(leads: pl.DataFrame, activities: pl.DataFrame, config: FunnelConfig, as_of: date,
-                 pending: OutputStore, shard: int, fingerprint_from: date) -> Replayed:
-    """Replay one shard's leads as of `as_of` and write its part of every lead-grain dataset.
+def lead_shard(column: str, dtype: pl.DataType, shards: int) -> pl.Expr:
+    """The shard of each raw row, from its lead_id normalised as validation normalises it."""
+    return shard_of(identifier(column, dtype), shards)
 
-    Rerunning a shard rewrites the same part files, so a retry, or a rerun after a lost
-    worker, leaves one copy of its rows.
+
+def split_inputs(sources: dict[str, Source], pending: OutputStore, shards: int) -> None:
+    """Stream each input table into one folder of Parquet files per lead shard, in the pending area.
+
+    The streaming engine reads the input in morsels and writes each to its shard's files, so
+    neither the whole input nor its text is held at once (20M activities: about 0.5 GB).
     """
-    history = classify(leads.lazy(), activities.lazy(), config, as_of)
+    for table, source in sources.items():
+        dtype = source.frame.collect_schema()["lead_id"]
+        source.frame.with_columns(lead_shard("lead_id", dtype, shards)).sink_parquet(
+            pl.PartitionBy(pending.shard_inputs(table), key="_shard", include_key=False),
+            mkdir=True, compression=_SPILL_COMPRESSION, statistics=False)
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+
+def read_raw_shard(job: ShardJob, table: str, shard: int, malformed: pl.DataFrame | None = None) -> RawTable:
+    """One shard's raw rows of an input table, as `split_inputs` wrote them."""
+    files = _shard_files(job.pending.shard_input(table, shard))
+    frame = (pl.read_parquet(files, hive_partitioning=False) if files
+             else pl.DataFrame(schema=job.schemas[table]))
+    return RawTable(frame) if malformed is None else RawTable(frame, malformed)
+
+
+def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime, rows: int) -> pl.Series:
+    """The activity_ids the duplicate_activity_id rule quarantines, over every shard's activities.
+
+    A bounded pre-pass: the 64-bit hashes of the normalised ids that occur more than once,
+    counted in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one column read
+    per bucket), then only the rows with such a hash read and checked exactly.
+    """
+    files = [f for d in sorted(pending.shard_inputs("activities").glob("_shard=*")) for f in _shard_files(d)]
+    none = pl.Series("activity_id", [], pl.String)
+    if not files:
+        return none
+    scan = pl.scan_parquet(files, hive_partitioning=False)
+    key = identifier("activity_id", scan.collect_schema()["activity_id"]).hash(0).alias("_h")
+    buckets = max(1, -(-rows // IDS_PER_BUCKET))
+    hashes = scan.select(key)
+    repeated = pl.concat([
+        hashes.filter(pl.col("_h") % buckets == bucket).group_by("_h").len().filter(pl.col("len") > 1)
+        .select("_h").collect(engine="streaming")
+        for bucket in range(buckets)])["_h"]
+    if repeated.is_empty():
+        return none
+    candidates = scan.filter(key.is_in(repeated.implode())).collect(engine="streaming")
+    return repeated_activity_ids(candidates, config.catalogue, run_start)
+
+
+def table_summary(result: TableValidation) -> dict[str, Any]:
+    """One table's counts and quarantine reasons, additive over shards."""
+    reasons = result.quarantine.select(pl.col("reasons").explode()).group_by("reasons").len().rows()
+    return {**result.counts.as_dict(), "quarantine_reasons": dict(reasons)}
+
+
+def add_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Table summaries of disjoint shards added up (reasons sorted by name)."""
+    total: dict[str, Any] = {"read": 0, "valid": 0, "quarantined": 0, "collapsed": 0}
+    reasons: dict[str, int] = {}
+    for part in parts:
+        for key in total:
+            total[key] += part[key]
+        for reason, count in part["quarantine_reasons"].items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return {**total, "quarantine_reasons": dict(sorted(reasons.items()))}
+
+
+def replay_shard(job: ShardJob, shard: int, inputs: dict[str, RawTable]) -> Replayed:
+    """Validate and replay one shard's leads as of the run's date; write its quarantine and lead-grain parts.
+
+    Each raw table is taken out of `inputs` as it is validated, so no raw rows outlive their
+    validation. Rerunning a shard rewrites the same part files, so a retry, or a rerun after a
+    lost worker, leaves one copy of its rows.
+    """
+    config, pending = job.config, job.pending
+    leads = validate_leads(inputs.pop("leads"), job.run_start, config.personal_columns)
+    activities = validate_activities(inputs.pop("activities"), leads.valid, config.catalogue, job.run_start,
+                                     job.repeated_ids)
     written = {}
+    tables = {}
+    for table, checked in (("leads", leads), ("activities", activities)):
+        dataset = QUARANTINE[table]
+        written[dataset.name] = pending.write_dataset(dataset, dataset.check(checked.quarantine, config), shard,
+                                                      day=job.as_of)
+        tables[table] = table_summary(checked)
+    history = classify(leads.valid.lazy(), activities.valid.lazy(), config, job.as_of)
+    del leads, activities
     for dataset in LEAD_GRAIN:
         frame = dataset.check(dataset.frame(history).collect(), config)
         written[dataset.name] = pending.write_dataset(dataset, frame, shard)
-    _REPLAYED[(str(pending.root), shard)] = history
+    if job.keep:
+        _REPLAYED[(job.pending_root, shard)] = history
+    else:
+        _spill(history, pending.shard_history(shard))
     return Replayed(
+        tables=tables,
         cohort_conversion=cohort_conversion_parts(history.milestones_dataset(), config).collect(),
         reached=reached_counts(history.transitions, len(config.stages)),
-        fingerprint=points_fingerprint(history.points.lazy(), history.leads.lazy(), fingerprint_from,
+        fingerprint=points_fingerprint(history.points.lazy(), history.leads.lazy(), job.fingerprint_from,
                                        config).collect(),
         written=written,
         peak_rss_gb=peak_rss_gb(),
     )
 
 
-def write_dates(config: FunnelConfig, as_of: date, dates: list[date], pending: OutputStore,
-                shard: int) -> DatesWritten:
+def _spill(history: History, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in HISTORY_FRAMES:
+        frame: pl.DataFrame = getattr(history, name)
+        frame.write_parquet(directory / f"{name}.parquet", compression=_SPILL_COMPRESSION, statistics=False)
+
+
+def _unspill(job: ShardJob, shard: int) -> History:
+    directory = job.pending.shard_history(shard)
+    frames = {name: pl.read_parquet(directory / f"{name}.parquet") for name in HISTORY_FRAMES}
+    return History(as_of=job.as_of, config=job.config, **frames)
+
+
+def write_dates(job: ShardJob, shard: int, dates: list[date]) -> DatesWritten:
     """Write this shard's part of each date's snapshot partition; return the daily metrics' partials."""
-    history = _REPLAYED.pop((str(pending.root), shard), None)
-    if history is None:  # not replayed in this process: replay from the shard's input files
-        leads, activities = read_shard_inputs(pending, shard)
-        history = classify(leads.lazy(), activities.lazy(), config, as_of)
+    config, pending = job.config, job.pending
+    history = _REPLAYED.pop((job.pending_root, shard), None) or _unspill(job, shard)
     written = {SNAPSHOTS.name: 0}
     start, end = min(dates), max(dates)
     states = history.snapshot_states(start, end)
@@ -106,27 +244,6 @@ def write_dates(config: FunnelConfig, as_of: date, dates: list[date], pending: O
         written=written,
         peak_rss_gb=peak_rss_gb(),
     )
-
-
-def split(frame: pl.DataFrame, shards: int) -> list[pl.DataFrame]:
-    """A validated table split by the shard of its lead_id (one frame when there is one shard)."""
-    if shards == 1:
-        return [frame]
-    ids = frame.select(shard_of("lead_id", shards)).to_series()
-    return [frame.filter(ids == shard) for shard in range(shards)]
-
-
-def write_shard_inputs(leads: pl.DataFrame, activities: pl.DataFrame, pending: OutputStore, shards: int) -> None:
-    """The validated tables split by shard into the pending area, for workers to read."""
-    for table, frame in (("leads", leads), ("activities", activities)):
-        for shard, part in enumerate(split(frame, shards)):
-            pending.write_part(part, pending.shard_input(table, shard))
-
-
-def read_shard_inputs(pending: OutputStore, shard: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One shard's validated leads and activities, as written by `write_shard_inputs`."""
-    leads, activities = (pl.read_parquet(pending.shard_input(table, shard)) for table in ("leads", "activities"))
-    return leads, activities
 
 
 def forget(pending: OutputStore) -> None:

@@ -30,7 +30,7 @@ import polars as pl
 
 from flows.catalog import REPORT, RUNS, Dataset, Grain
 
-SHARD_INPUT = "input"  # the validated input split by shard, inside a pending area; never published
+SCRATCH = "scratch"  # a pending area's work files (the input split by shard, replayed histories); never published
 JOURNAL = "commit.json"
 TMP = ".tmp"
 
@@ -100,9 +100,17 @@ class OutputStore:
         """The report page of one as-of date, or the latest one."""
         return self.root / report_relative(as_of)
 
+    def shard_inputs(self, table: str) -> Path:
+        """Where a pending area keeps an input table split by lead shard, one `_shard=<k>` folder each."""
+        return self.root / SCRATCH / "input" / table
+
     def shard_input(self, table: str, shard: int) -> Path:
-        """Where a pending area keeps one shard's validated rows of an input table."""
-        return self.root / SHARD_INPUT / table / f"shard={shard}"
+        """Where a pending area keeps one shard's raw rows of an input table."""
+        return self.shard_inputs(table) / f"_shard={shard}"
+
+    def shard_history(self, shard: int) -> Path:
+        """Where a pending area keeps one shard's replayed history between the run's two steps."""
+        return self.root / SCRATCH / "history" / f"shard={shard}"
 
     def pending(self, run_id: str) -> OutputStore:
         """A run's pending area: the same layout under `.tmp/`, published by `commit`."""
@@ -164,9 +172,9 @@ class OutputStore:
         commit interrupted at any instant is completed by `recover`. Returns what was replaced.
         """
         leaves = sorted({p.parent for p in pending.root.rglob("part-*.parquet")
-                         if p.relative_to(pending.root).parts[0] != SHARD_INPUT})
+                         if p.relative_to(pending.root).parts[0] != SCRATCH})
         files = sorted(p for p in pending.root.rglob("*") if p.is_file() and p.suffix in (".html", ".json")
-                       and p.relative_to(pending.root).parts[0] != SHARD_INPUT)
+                       and p.relative_to(pending.root).parts[0] != SCRATCH)
         files.sort(key=lambda p: p.relative_to(pending.root).parts[0] == RUNS)  # manifests last
         for leaf in leaves:
             for stray in leaf.glob(".part-*"):  # a write that died before its rename

@@ -21,9 +21,9 @@ AS_OF = date(2026, 10, 31)
 DATASETS = [d.name for d in catalog.DATASETS]
 # The sample's rules: the defaults plus two handoff SLAs, so that sla and sla_daily have rows to compare.
 SAMPLE_RULES = Path(__file__).resolve().parent.parent / "data" / "sample" / "funnel.toml"
-# Row order within a dataset is not part of the contract (a sharded dataset has one part per shard);
-# metrics and quarantine are combined by the driver, in order.
-ORDERED = {d.name for d in catalog.DATASETS if d.name.startswith(("metrics/", "quarantine/"))}
+# Row order within a dataset is not part of the contract (a sharded dataset, quarantine included,
+# has one part per shard); metrics are combined by the driver, in order.
+ORDERED = {d.name for d in catalog.DATASETS if d.name.startswith("metrics/")}
 
 
 def _read_all(output: Path) -> dict[str, pl.DataFrame]:
@@ -34,7 +34,7 @@ def _assert_same_rows(got: dict[str, pl.DataFrame], want: dict[str, pl.DataFrame
     for name in DATASETS:
         # Without [[sla]] in the config (every test here but the first), the SLA datasets are empty.
         assert got[name].height > 0 or name in (catalog.SLA.name, catalog.SLA_DAILY.name), name
-        if name in ORDERED:  # metrics and quarantine are combined in the driver, in order
+        if name in ORDERED:  # metrics are combined in the driver, in order
             assert_frame_equal(got[name], want[name], check_exact=True)
         else:
             assert_frame_equal(got[name].sort(pl.all()), want[name].sort(pl.all()), check_exact=True)
@@ -69,6 +69,63 @@ def test_one_shard_eight_shards_and_two_workers_give_the_same_rows(inputs: Path,
         assert parts == ["part-0.parquet", "part-1.parquet"]
         assert len(list((tmp_path / name / "local8" / "transitions").iterdir())) == 8
         assert not (tmp_path / name / "dask" / ".tmp").exists()  # the pending area is removed after commit
+
+
+def _sample_with_cross_lead_duplicates(directory: Path) -> Path:
+    """The shipped dirty sample (CSV) plus activity_ids repeated across leads, so across shards.
+
+    One id twice on two leads (both quarantined); one on two leads where one copy has an
+    invalid timestamp (that copy quarantined by its row rule, the other valid); one on three
+    leads with an exact copy (collapsed, then all three quarantined).
+    """
+    directory.mkdir()
+    (directory / "leads.csv").write_bytes((SAMPLE_RULES.parent / "leads.csv").read_bytes())
+    leads = pl.read_csv(SAMPLE_RULES.parent / "leads.csv", infer_schema=False)["lead_id"].head(6).to_list()
+    extra = [
+        ("X1", leads[0], "2026-09-01 10:00:00", "page_view"), ("X1", leads[1], "2026-09-01 10:00:00", "page_view"),
+        ("X2", leads[2], "2026-09-02 10:00:00", "email_open"), ("X2", leads[3], "not a time", "email_open"),
+        ("X3", leads[3], "2026-09-03 10:00:00", "form_submit"), ("X3", leads[4], "2026-09-03 10:00:00", "form_submit"),
+        ("X3", leads[5], "2026-09-03 11:00:00", "demo_request"), ("X3", leads[5], "2026-09-03 11:00:00", "demo_request"),
+    ]
+    text = (SAMPLE_RULES.parent / "activities.csv").read_text()
+    text += "".join(f"{a},{lead},{at},{kind},\n" for a, lead, at, kind in extra)
+    (directory / "activities.csv").write_text(text)
+    return directory
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_small_memory_budget_forces_many_shards_with_the_same_rows_and_quarantine(tmp_path: Path) -> None:
+    """A budget too small for one shard: the input is streamed into shards, each validated on its own.
+
+    Every dataset, every metric, the quarantine (duplicate activity_ids across shards included)
+    and the manifest's accounting equal a one-shard run's.
+    """
+    import json
+
+    from flows.memory import BASE_GB, GB_PER_MILLION_ACTIVITIES
+    from flows.pipeline import nightly
+
+    inputs = _sample_with_cross_lead_duplicates(tmp_path / "in")
+    common = {"input_location": str(inputs), "timezone": "Europe/Berlin", "config_path": str(SAMPLE_RULES),
+              "as_of": AS_OF}
+    single = nightly(output_dir=str(tmp_path / "single"), **common)
+    # Room for about a thousand activities per shard: the sample's ten thousand need ten or more.
+    budget = BASE_GB + GB_PER_MILLION_ACTIVITIES * 0.001
+    sharded = nightly(output_dir=str(tmp_path / "sharded"), memory_gb=budget, **common)
+    assert single.shards == 1 and sharded.shards >= 10
+    assert sharded.tables == single.tables and sharded.written == single.written
+    want = _read_all(tmp_path / "single")
+    _assert_same_rows(_read_all(tmp_path / "sharded"), want)
+    quarantined = want[catalog.QUARANTINE["activities"].name]
+    duplicates = quarantined.filter(pl.col("reasons").list.contains("duplicate_activity_id"))["activity_id"]
+    assert sorted(d for d in duplicates.to_list() if d.startswith("X")) == ["X1", "X1", "X3", "X3", "X3"]
+    assert "X2" in quarantined.filter(pl.col("reasons").list.contains("occurred_at_invalid"))["activity_id"]
+    manifest = json.loads(next((tmp_path / "sharded" / "runs").glob("*.json")).read_text())
+    assert manifest["execution"]["shards"] == sharded.shards
+    assert manifest["execution"]["memory_budget_gb"] == pytest.approx(budget)
+    for counts in manifest["tables"].values():
+        assert counts["read"] == counts["valid"] + counts["quarantined"] + counts["collapsed"]
+    assert not (tmp_path / "sharded" / ".tmp").exists()
 
 
 @pytest.mark.usefixtures("prefect_server")

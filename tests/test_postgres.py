@@ -160,7 +160,7 @@ def test_silent_server_fails_within_connect_timeout(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_connection_dropped_mid_read_is_retried(database: Path) -> None:
+def test_connection_dropped_mid_read_is_retried(database: Path, tmp_path: Path) -> None:
     """The backend is terminated during the first read; the extract task retries and succeeds."""
     from flows.pipeline import extract
 
@@ -181,8 +181,8 @@ def test_connection_dropped_mid_read_is_retried(database: Path) -> None:
 
     killer = threading.Thread(target=kill_first_read)
     killer.start()
-    inputs = extract(PG, slow)
+    inputs = extract(PG, slow, str(tmp_path))
     killer.join()
     assert len(killed) >= 1
     expected = read_database_table(PG, "activities", _source())
-    assert_frame_equal(inputs.activities.frame, expected)
+    assert_frame_equal(inputs["activities"].collect().frame, expected)

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 
 import flows.store
 from flows.catalog import SNAPSHOTS, TRANSITIONS
-from flows.store import SHARD_INPUT, NotAtomicError, OutputStore, check_atomic
+from flows.store import SCRATCH, NotAtomicError, OutputStore, check_atomic
 
 DAY = date(2026, 10, 31)
 
@@ -40,7 +40,7 @@ def test_commit_replaces_each_dataset_directory_whole(tmp_path: Path) -> None:
     assert sorted(p.name for p in committed) == ["r1.json", "snapshot_date=2026-10-31", "transitions"]
     assert pl.read_parquet(store.path(TRANSITIONS)).height == 6
     assert not list(store.path(TRANSITIONS).glob(".part-*"))
-    assert not pending.root.exists() and not (store.root / SHARD_INPUT).exists()
+    assert not pending.root.exists() and not (store.root / SCRATCH).exists()
 
     single = store.pending("r2")
     single.write_dataset(TRANSITIONS, _frame(4))

@@ -9,9 +9,9 @@ import polars as pl
 _SEED = 0x5EED
 
 
-def shard_of(column: str, shards: int) -> pl.Expr:
-    """The shard (0..shards-1) of each lead, from a stable 64-bit hash of its id."""
-    return (pl.col(column).hash(_SEED) % shards).cast(pl.UInt32).alias("_shard")
+def shard_of(lead_id: pl.Expr, shards: int) -> pl.Expr:
+    """The shard (0..shards-1) of each lead, from a stable 64-bit hash of its (normalised) id."""
+    return (lead_id.hash(_SEED) % shards).cast(pl.UInt32).alias("_shard")
 
 
 def reached_counts(transitions: pl.DataFrame, stages: int) -> list[int]:

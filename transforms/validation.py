@@ -230,8 +230,8 @@ def _normalised(name: str, dtype: pl.DataType, case: str | None) -> pl.Expr:
     return pl.when(stripped != "").then(cased)
 
 
-def _identifier(name: str, dtype: pl.DataType) -> pl.Expr:
-    """An id as trimmed text; integer ids are their digits."""
+def identifier(name: str, dtype: pl.DataType) -> pl.Expr:
+    """An id as trimmed text; integer ids are their digits (as validation normalises lead and activity ids)."""
     return _text(name, dtype).str.strip_chars()
 
 
@@ -366,7 +366,7 @@ def validate_leads(raw: pl.DataFrame | RawTable, run_start: datetime,
         _count("_raw_employee_count", schema["employee_count"]) if "employee_count" in schema
         else (pl.lit(None, pl.Int64), pl.lit(False)))
     parsed = frame.lazy().select(ROW, pl.all().exclude(ROW).name.prefix("_raw_")).with_columns(
-        opt("lead_id", _identifier),
+        opt("lead_id", identifier),
         opt("email", lambda n, t: pl.when(~_blank(_text(n, t))).then(_text(n, t))),
         pl.coalesce(opt("source", lambda n, t: _normalised(n, t, "lower")), pl.lit("unknown")).alias("source"),
         opt("company", _text),
@@ -404,10 +404,20 @@ def _activity_duplicates(passed: pl.DataFrame, repeated: pl.DataFrame) -> tuple[
     return flagged, ["duplicate_activity_id"]
 
 
-def _finish(raw: pl.DataFrame, malformed: pl.DataFrame, parsed: pl.LazyFrame, flags: dict[str, pl.Expr],
-            columns: tuple[str, ...], key: str, later_rules: list[Rule],
-            personal: tuple[str, ...]) -> TableValidation:
-    """Row rules, then the exact-duplicate collapse, then each later rule on what is left.
+@dataclass(frozen=True)
+class _RowRules:
+    """Rows after the row rules and the exact-duplicate collapse."""
+
+    bad: pl.DataFrame  # ROW and reasons of the rows a row rule refused
+    passed: pl.DataFrame  # ROW and the parsed contract columns of the rows kept
+    collapsed: int  # identical copies dropped
+    repeated: pl.DataFrame  # the kept rows whose key still repeats
+    kept: list[str]  # the parsed contract columns present
+
+
+def _row_rules(raw: pl.DataFrame, parsed: pl.LazyFrame, flags: dict[str, pl.Expr], columns: tuple[str, ...],
+               key: str) -> _RowRules:
+    """Row rules, then the exact-duplicate collapse.
 
     Parsing and the row rules are one row-wise plan, run once by the streaming engine into its
     two outputs (the bad rows' reasons, the good rows' parsed columns): it spreads the string
@@ -425,9 +435,17 @@ def _finish(raw: pl.DataFrame, malformed: pl.DataFrame, parsed: pl.LazyFrame, fl
          flagged.filter(~pl.col("_bad")).select(ROW, *kept)],
         engine="streaming",
     )
-    quarantined = [bad]
     raw_columns = [c for c in columns if c in raw.columns]
     passed, collapsed, repeated = _collapse_exact(good, raw, raw_columns, key)
+    return _RowRules(bad=bad, passed=passed, collapsed=collapsed, repeated=repeated, kept=kept)
+
+
+def _finish(raw: pl.DataFrame, malformed: pl.DataFrame, parsed: pl.LazyFrame, flags: dict[str, pl.Expr],
+            columns: tuple[str, ...], key: str, later_rules: list[Rule],
+            personal: tuple[str, ...]) -> TableValidation:
+    """Row rules, then the exact-duplicate collapse, then each later rule on what is left."""
+    rows = _row_rules(raw, parsed, flags, columns, key)
+    quarantined, passed, collapsed, repeated, kept = [rows.bad], rows.passed, rows.collapsed, rows.repeated, rows.kept
     for rule in later_rules:
         checked, rule_flags = rule(passed, repeated)
         checked = checked.with_columns(_bad=pl.any_horizontal(pl.col(rule_flags).fill_null(False)))
@@ -443,16 +461,15 @@ def _finish(raw: pl.DataFrame, malformed: pl.DataFrame, parsed: pl.LazyFrame, fl
     return TableValidation(valid=valid, quarantine=quarantine, counts=counts)
 
 
-def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame, catalogue: tuple[str, ...],
-                        run_start: datetime) -> TableValidation:
-    """Validate raw activities against the catalogue and the valid leads."""
-    frame, malformed = _contract_rows("activities", raw, ACTIVITY_COLUMNS)
+def _parsed_activities(frame: pl.DataFrame, catalogue: tuple[str, ...],
+                       run_start: datetime) -> tuple[pl.LazyFrame, dict[str, pl.Expr]]:
+    """Raw activities (numbered by ROW) parsed, and their row rules as flag expressions."""
     schema = frame.schema
     owner = (_normalised("_raw_owner_id", schema["owner_id"], None) if "owner_id" in schema
              else pl.lit(None, pl.String))
     parsed = frame.lazy().select(ROW, pl.all().exclude(ROW).name.prefix("_raw_")).with_columns(
-        _identifier("_raw_activity_id", schema["activity_id"]).alias("activity_id"),
-        _identifier("_raw_lead_id", schema["lead_id"]).alias("lead_id"),
+        identifier("_raw_activity_id", schema["activity_id"]).alias("activity_id"),
+        identifier("_raw_lead_id", schema["lead_id"]).alias("lead_id"),
         _normalised("_raw_activity_type", schema["activity_type"], "lower").alias("activity_type"),
         owner.alias("owner_id"),
     )
@@ -465,6 +482,37 @@ def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame,
         "activity_type_unknown": pl.col("activity_type").is_not_null()
         & ~pl.col("activity_type").is_in(catalogue),
     }
+    return parsed, flags
+
+
+def repeated_activity_ids(raw: pl.DataFrame, catalogue: tuple[str, ...], run_start: datetime) -> pl.Series:
+    """The activity_ids that still repeat after the row rules and the exact-duplicate collapse.
+
+    The duplicate_activity_id rule crosses lead shards. Given every row whose normalised
+    activity_id occurs more than once in the whole input (a few rows, found by hash), this
+    returns the ids each shard's validation then quarantines, as one whole-input run would.
+    """
+    frame, _ = _contract_rows("activities", raw, ACTIVITY_COLUMNS)
+    parsed, flags = _parsed_activities(frame, catalogue, run_start)
+    return _row_rules(frame, parsed, flags, ACTIVITY_COLUMNS, "activity_id").repeated["activity_id"].unique().sort()
+
+
+def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame, catalogue: tuple[str, ...],
+                        run_start: datetime, repeated_ids: pl.Series | None = None) -> TableValidation:
+    """Validate raw activities against the catalogue and the valid leads.
+
+    `repeated_ids`, from `repeated_activity_ids` over the whole input, makes the
+    duplicate_activity_id rule see beyond this table (one lead shard); without it the rule sees
+    only the rows given.
+    """
+    frame, malformed = _contract_rows("activities", raw, ACTIVITY_COLUMNS)
+    parsed, flags = _parsed_activities(frame, catalogue, run_start)
+
+    def duplicates(passed: pl.DataFrame, repeated: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+        if repeated_ids is None:
+            return _activity_duplicates(passed, repeated)
+        return passed.with_columns(duplicate_activity_id=pl.col("activity_id").is_in(repeated_ids.implode())), [
+            "duplicate_activity_id"]
 
     def references(passed: pl.DataFrame, _: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
         created = leads_valid.select("lead_id", _lead_created_at="created_at")
@@ -475,4 +523,4 @@ def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame,
         ), ["lead_not_valid", "before_lead_created"]
 
     return _finish(frame, malformed, parsed, flags, ACTIVITY_COLUMNS, "activity_id",
-                   [_activity_duplicates, references], ())
+                   [duplicates, references], ())

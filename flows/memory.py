@@ -1,0 +1,65 @@
+"""The memory budget of a run, and the number of lead shards that keeps each shard inside it.
+
+A shard's peak grows with its activities (validation, the sorted replay and its frames all
+hold about the same rows), so the shard count is the input's activities over what one budget
+holds, measured on this kind of machine (README, "Bounded memory").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+# Share of the machine's (or the memory cgroup's) memory a run budgets when none is set.
+DEFAULT_SHARE = 0.6
+# Measured peak of one shard: a fixed part (imports, Prefect, Polars' pools) plus a part per
+# million activities (typed Parquet, 20 activities per lead; see benchmarks/run.py).
+BASE_GB = 0.6
+GB_PER_MILLION_ACTIVITIES = 0.26
+MAX_SHARDS = 512
+_UNLIMITED = 1 << 60
+
+
+def _cgroup_limit_bytes() -> int | None:
+    """The memory limit of this process's cgroup (v2 `memory.max` or v1 `memory.limit_in_bytes`), if any."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            candidate = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"
+        elif "memory" in controllers.split(","):
+            candidate = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"
+        else:
+            continue
+        try:
+            text = candidate.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _UNLIMITED:
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def machine_memory_gb() -> float:
+    """Physical memory, or the memory cgroup's limit when it is lower."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = _cgroup_limit_bytes()
+    return min(physical, limit or physical) / 1e9
+
+
+def budget_gb(configured: float | None) -> float:
+    """The run's memory budget: as configured (`[run] memory_gb`, `--memory-gb`), else a share of the machine's."""
+    return configured if configured is not None else round(DEFAULT_SHARE * machine_memory_gb(), 2)
+
+
+def shards_for(activities: int, budget: float) -> int:
+    """Lead shards that keep each one's estimated peak inside the budget (at least one)."""
+    per_shard = (budget - BASE_GB) / GB_PER_MILLION_ACTIVITIES * 1e6
+    if per_shard <= 0:
+        return MAX_SHARDS
+    return max(1, min(MAX_SHARDS, math.ceil(activities / per_shard)))
