@@ -32,6 +32,7 @@ TABLES = {"leads": (LEAD_COLUMNS, LEAD_REQUIRED), "activities": (ACTIVITY_COLUMN
 # Delimiters a CSV export is often saved with by mistake, with the name a message gives them.
 _WRONG_DELIMITERS = {";": "semicolons", "\t": "tabs"}
 _SAMPLE_BYTES = 1 << 16
+_CSV_BLOCK_BYTES = 64 << 20  # text read per block
 _MAX_LINES_NAMED = 10
 # PostgreSQL numeric precision beyond which a column is read as Float64 instead of a decimal.
 _MAX_DECIMAL_DIGITS = 38
@@ -165,15 +166,18 @@ def _named_lines(lines: Iterable[int]) -> str:
     return shown + (f" and {len(numbers) - _MAX_LINES_NAMED} more" if len(numbers) > _MAX_LINES_NAMED else "")
 
 
-def _read_csv(path: Path, table: str) -> RawTable:
-    """A CSV table as text; lines with more or fewer fields than the header are set aside with their number.
+def _spill_csv(path: Path, table: str, spill: Path) -> Source:
+    """A CSV table as text, streamed in blocks into a Parquet file in `spill` and scanned from there.
 
-    pyarrow's reader calls back for the malformed lines only, so well-formed lines never pass
-    through Python. Single-threaded, because only then does it know their numbers (it counts
-    records: a quoted value spanning lines counts once, and empty lines are skipped).
+    Lines with more or fewer fields than the header are set aside with their number: pyarrow's
+    streaming reader calls back for the malformed lines only, so well-formed lines never pass
+    through Python, and only one block of text is in memory at a time. Single-threaded,
+    because only then does it know their numbers (it counts records: a quoted value spanning
+    lines counts once, and empty lines are skipped).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
     columns, required = TABLES[table]
     with path.open("rb") as file:
@@ -187,18 +191,20 @@ def _read_csv(path: Path, table: str) -> RawTable:
         return "skip"
 
     wanted = [c for c in columns if c in names]
+    target = spill / f"{table}.parquet"
     try:
-        arrow = pacsv.read_csv(
+        with pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(use_threads=False),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=set_aside),
             # As Polars reads CSV text: an empty field is null, a quoted empty one is "".
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()), include_columns=wanted,
                 strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False),
-        )
+        ) as reader, pq.ParquetWriter(target, reader.schema, compression="lz4") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
     except (pa.ArrowException, OSError) as exc:
-        # Arrow's parse errors end in the offending row's text: keep only what comes before it.
         # Arrow's parse errors end in the offending row's text, which no message may carry.
         message = re.sub(r"(columns, got \d+):.*", r"\1", _first_line(exc))
         raise InputError(f"{path}: unreadable: {message}") from exc
@@ -206,26 +212,24 @@ def _read_csv(path: Path, table: str) -> RawTable:
     if malformed:
         log.warning("%s: %d line(s) with more or fewer fields than the header, quarantined as field_count: "
                     "line %s", path, len(malformed), _named_lines(n for n, _ in malformed))
-    return RawTable(frame=cast(pl.DataFrame, pl.from_arrow(arrow)), malformed=rows)
+    return Source(frame=pl.scan_parquet(target), rows=pq.ParquetFile(target).metadata.num_rows + rows.height,
+                  malformed=rows)
 
 
-def scan_table(directory: Path, table: str) -> Source:
+def scan_table(directory: Path, table: str, spill: Path) -> Source:
     """A raw input table with the contract's columns present in it (extra columns ignored).
 
-    CSV is read entirely as text, so each value is parsed, and can fail, on its own; Parquet
-    keeps its types, each checked to hold its field, and is only scanned here.
+    CSV is read as text (streamed into `spill`), so each value is parsed, and can fail, on its
+    own; Parquet keeps its types, each checked to hold its field, and is only scanned here.
     """
     path = input_file(directory, table)
-    if path.suffix == ".parquet":
-        return _scan_parquet(path, table)
-    raw = _read_csv(path, table)
-    check_column_types(table, raw.frame, str(path))
-    return Source(frame=raw.frame.lazy(), rows=raw.frame.height + raw.malformed.height, malformed=raw.malformed)
+    return _scan_parquet(path, table) if path.suffix == ".parquet" else _spill_csv(path, table, spill)
 
 
 def read_table(directory: Path, table: str) -> RawTable:
     """A raw input table, read whole (see `scan_table`)."""
-    return scan_table(directory, table).collect()
+    with tempfile.TemporaryDirectory(prefix="funnel-extract-") as spill:
+        return scan_table(directory, table, Path(spill)).collect()
 
 
 # Messages of connection-level failures; anything else (a wrong table, column or password) is final.
@@ -356,7 +360,7 @@ def scan_input(location: str, table: str, source: SourceConfig, spill: Path) -> 
     """
     if is_database(location):
         return scan_database_table(location, table, source, spill)
-    return scan_table(Path(location), table)
+    return scan_table(Path(location), table, spill)
 
 
 def read_database_table(uri: str, table: str, source: SourceConfig) -> pl.DataFrame:

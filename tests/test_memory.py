@@ -1,0 +1,63 @@
+"""The memory budget: the cgroup's limit is respected, and the shard count keeps each shard inside the budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows.memory import (
+    BASE_GB,
+    DEFAULT_SHARE,
+    GB_PER_MILLION_ACTIVITIES,
+    MAX_ACTIVITIES_PER_SHARD,
+    MAX_SHARDS,
+    budget_gb,
+    machine_memory_gb,
+    shards_for,
+)
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def test_shards_keep_each_one_inside_the_budget_and_its_size_bounded() -> None:
+    assert shards_for(10_000, 16) == 1
+    assert shards_for(MAX_ACTIVITIES_PER_SHARD, 16) == 1
+    assert shards_for(MAX_ACTIVITIES_PER_SHARD + 1, 16) == 2
+    assert shards_for(20_000_000, 16) == 4
+    # A budget of 1.6 GB holds (1.6 - base) / per-million million activities per shard.
+    per_shard = (1.6 - BASE_GB) / GB_PER_MILLION_ACTIVITIES * 1e6
+    assert shards_for(40_000_000, 1.6) == -(-40_000_000 // int(per_shard))
+    for activities in (1, 999_999, 7_000_000, 100_000_000):
+        for budget in (0.7, 1.0, 4.8, 16.0):
+            shards = shards_for(activities, budget)
+            assert BASE_GB + GB_PER_MILLION_ACTIVITIES * activities / shards / 1e6 <= budget + 1e-9
+            assert activities / shards <= MAX_ACTIVITIES_PER_SHARD
+    assert shards_for(1_000_000, BASE_GB) == MAX_SHARDS  # nothing left for rows: as many shards as allowed
+
+
+def test_the_budget_is_as_configured_else_a_share_of_the_machine() -> None:
+    assert budget_gb(3.5) == 3.5
+    assert budget_gb(None) == pytest.approx(DEFAULT_SHARE * machine_memory_gb(), abs=0.01)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    assert 0 < machine_memory_gb() <= physical
+
+
+@pytest.mark.skipif(not os.access(CGROUP_V1, os.W_OK), reason="needs a writable cgroup v1 memory hierarchy (root)")
+def test_a_memory_cgroup_limit_lowers_the_machine_memory() -> None:
+    """A process inside a 3 GiB memory cgroup sees 3 GiB, not the machine's memory."""
+    group = CGROUP_V1 / f"funnel-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(3 * 2**30))
+        code = "from flows.memory import machine_memory_gb; print(machine_memory_gb())"
+        out = subprocess.run(["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", sys.executable, "-c",
+                              code], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent).stdout
+        assert float(out) == pytest.approx(3 * 2**30 / 1e9)
+    finally:
+        group.rmdir()
