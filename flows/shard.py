@@ -29,6 +29,7 @@ import polars as pl
 from flows.catalog import LEAD_GRAIN, QUARANTINE, SNAPSHOTS
 from flows.inputs import Source
 from flows.store import OutputStore
+from transforms.calendar import day_start
 from transforms.classify import History, classify
 from transforms.metrics import cohort_conversion_parts, daily_funnel, transitions_daily_parts
 from transforms.restatement import points_fingerprint
@@ -200,7 +201,7 @@ def replay_shard(job: ShardJob, shard: int, inputs: dict[str, RawTable]) -> Repl
     if job.keep:
         _REPLAYED[(job.pending_root, shard)] = history
     else:
-        _spill(history, pending.shard_history(shard))
+        _spill(history, pending.shard_history(shard), day_start(job.fingerprint_from, config.timezone))
     return Replayed(
         tables=tables,
         cohort_conversion=cohort_conversion_parts(history.milestones_dataset(), config).collect(),
@@ -212,10 +213,17 @@ def replay_shard(job: ShardJob, shard: int, inputs: dict[str, RawTable]) -> Repl
     )
 
 
-def _spill(history: History, directory: Path) -> None:
+def _spill(history: History, directory: Path, since: datetime) -> None:
+    """Write the frames the dates step reads; of the scoring points, only those from `since` on.
+
+    `since` starts the run's first date to write or check minus the score window, so it is
+    never after the first point a snapshot's engagement score can count.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for name in HISTORY_FRAMES:
         frame: pl.DataFrame = getattr(history, name)
+        if name == "points":
+            frame = frame.filter(pl.col("occurred_at") >= since)
         frame.write_parquet(directory / f"{name}.parquet", compression=_SPILL_COMPRESSION, statistics=False)
 
 
