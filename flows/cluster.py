@@ -1,8 +1,8 @@
 """Shards on Dask: the same shard functions as a local run, one Prefect task per shard on a worker.
 
-The driver writes each shard's validated input into the run's pending area; a worker reads
-only its own shard's files, so the pending area must be one file system that the driver and
-every worker see at the same path. Dask is imported only here, and this module only when a
+The driver streams the raw input into shard files in the run's pending area; a worker reads,
+validates and replays only its own shard's files, so the pending area must be one file system
+that the driver and every worker see at the same path. Dask is imported only here, and this module only when a
 run asks for workers or a scheduler address.
 """
 
