@@ -92,6 +92,7 @@ class Source:
 
     frame: pl.LazyFrame
     rows: int
+    where: str  # the input's location, for messages
     malformed: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={LINE: pl.Int64}))
 
     def collect(self) -> RawTable:
@@ -99,7 +100,7 @@ class Source:
         try:
             return RawTable(self.frame.collect(), self.malformed)
         except pl.exceptions.PolarsError as exc:
-            raise InputError(f"unreadable input: {_first_line(exc)}") from exc
+            raise InputError(f"{self.where}: unreadable: {_first_line(exc)}") from exc
 
 
 def _scan_parquet(path: Path, table: str, where: str | None = None) -> Source:
@@ -121,7 +122,7 @@ def _scan_parquet(path: Path, table: str, where: str | None = None) -> Source:
     frame = frame.select([c for c in columns if c in present]).with_columns(
         _uuid_text(c) for c in uuids if c in columns)
     check_column_types(table, pl.DataFrame(schema=frame.collect_schema()), where)
-    return Source(frame=frame, rows=rows)
+    return Source(frame=frame, rows=rows, where=where)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -213,7 +214,7 @@ def _spill_csv(path: Path, table: str, spill: Path) -> Source:
         log.warning("%s: %d line(s) with more or fewer fields than the header, quarantined as field_count: "
                     "line %s", path, len(malformed), _named_lines(n for n, _ in malformed))
     return Source(frame=pl.scan_parquet(target), rows=pq.ParquetFile(target).metadata.num_rows + rows.height,
-                  malformed=rows)
+                  where=str(path), malformed=rows)
 
 
 def scan_table(directory: Path, table: str, spill: Path) -> Source:
@@ -350,7 +351,7 @@ def scan_database_table(uri: str, table: str, source: SourceConfig, spill: Path)
         raise InputError(f"{where}: missing required column {missing[0]!r}")
     frame = frame.select([c for c in columns if c in present])
     check_column_types(table, pl.DataFrame(schema=frame.collect_schema()), where)
-    return Source(frame=frame, rows=pl.scan_parquet(path).select(pl.len()).collect().item())
+    return Source(frame=frame, rows=pl.scan_parquet(path).select(pl.len()).collect().item(), where=where)
 
 
 def scan_input(location: str, table: str, source: SourceConfig, spill: Path) -> Source:

@@ -85,7 +85,8 @@ def _sample_with_cross_lead_duplicates(directory: Path) -> Path:
         ("X1", leads[0], "2026-09-01 10:00:00", "page_view"), ("X1", leads[1], "2026-09-01 10:00:00", "page_view"),
         ("X2", leads[2], "2026-09-02 10:00:00", "email_open"), ("X2", leads[3], "not a time", "email_open"),
         ("X3", leads[3], "2026-09-03 10:00:00", "form_submit"), ("X3", leads[4], "2026-09-03 10:00:00", "form_submit"),
-        ("X3", leads[5], "2026-09-03 11:00:00", "demo_request"), ("X3", leads[5], "2026-09-03 11:00:00", "demo_request"),
+        ("X3", leads[5], "2026-09-03 11:00:00", "demo_request"),
+        ("X3", leads[5], "2026-09-03 11:00:00", "demo_request"),
     ]
     text = (SAMPLE_RULES.parent / "activities.csv").read_text()
     text += "".join(f"{a},{lead},{at},{kind},\n" for a, lead, at, kind in extra)
