@@ -320,7 +320,8 @@ def replay_shards(sources: dict[str, Source], config: FunnelConfig, run: RunSett
     if job.keep:
         return job, [replay(job, 0, {table: source.collect() for table, source in sources.items()})]
     split_inputs(sources, pending, shards)
-    job = replace(job, repeated_ids=repeated_ids(pending, config, run_start, sources["activities"].rows))
+    rows = sources["activities"].rows
+    job = replace(job, repeated_ids=repeated_ids(pending, config, run_start, rows, -(-rows // shards)))
     lap("split")
     malformed = {table: source.malformed for table, source in sources.items()}
     return job, _each_shard(run, replay, [(job, s, None, malformed if s == 0 else None) for s in range(shards)])

@@ -131,13 +131,15 @@ def read_raw_shard(job: ShardJob, table: str, shard: int, malformed: pl.DataFram
     return RawTable(frame) if malformed is None else RawTable(frame, malformed)
 
 
-def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime, rows: int) -> pl.Series:
+def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime, rows: int,
+                 shard_rows: int) -> pl.Series:
     """The activity_ids the duplicate_activity_id rule quarantines, over every shard's activities.
 
     A bounded pre-pass: the 64-bit hashes of the normalised ids that occur more than once,
     found in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one column read and
-    sorted per bucket: 20M ids in about 1.3 s, where a group-by took 2.5 s), then only the
-    rows with such a hash read and checked exactly.
+    sorted per bucket: 20M ids in about 1.3 s, where a group-by took 2.5 s). Then the rows with
+    such a hash are read and checked exactly, in groups of about `shard_rows` rows, so an input
+    full of repeated ids (an export written twice) needs no more memory than one shard.
     """
     files = [f for d in sorted(pending.shard_inputs("activities").glob("_shard=*")) for f in _shard_files(d)]
     none = pl.Series("activity_id", [], pl.String)
@@ -146,15 +148,18 @@ def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime
     scan = pl.scan_parquet(files, hive_partitioning=False)
     key = identifier("activity_id", scan.collect_schema()["activity_id"]).hash(0).alias("_h")
     buckets = max(1, -(-rows // IDS_PER_BUCKET))
-    found = []
+    found, candidate_rows = [], 0
     for bucket in range(buckets):
         hashes = scan.select(key).filter(pl.col("_h") % buckets == bucket).collect(engine="streaming")["_h"].sort()
-        found.append(hashes.filter((hashes == hashes.shift(1)) | (hashes == hashes.shift(-1))).unique())
+        shared = hashes.filter((hashes == hashes.shift(1)) | (hashes == hashes.shift(-1)))
+        candidate_rows += shared.len()
+        found.append(shared.unique())
     repeated = pl.concat(found)
-    if repeated.is_empty():
-        return none
-    candidates = scan.filter(key.is_in(repeated.implode())).collect(engine="streaming")
-    return repeated_activity_ids(candidates, config.catalogue, run_start)
+    groups = max(1, -(-candidate_rows // max(1, shard_rows)))
+    ids = [repeated_activity_ids(scan.filter(key.is_in(part.implode())).collect(engine="streaming"),
+                                 config.catalogue, run_start)
+           for part in (repeated.filter(repeated % groups == group) for group in range(groups)) if not part.is_empty()]
+    return pl.concat([none, *ids]).sort()
 
 
 def table_summary(result: TableValidation) -> dict[str, Any]:
