@@ -85,8 +85,8 @@ def _uuid_columns(schema: Any) -> list[str]:
 class Source:
     """An input table ready to be read whole or in lead shards, never read whole before it must be.
 
-    `frame` is a lazy scan of Parquet (the input itself, or a database table streamed into a
-    local file) with the contract's columns, their types checked; a CSV is held as read.
+    `frame` is a lazy scan of Parquet (the input itself, or a CSV or database table streamed
+    into a local file) with the contract's columns, their types checked.
     `malformed` holds the CSV lines set aside for their field count; `rows` counts the rows.
     """
 

@@ -9,9 +9,12 @@ split's cost is won back by sorting smaller frames) in a third of the memory.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Share of the machine's (or the memory cgroup's) memory a run budgets when none is set.
 DEFAULT_SHARE = 0.6
@@ -20,6 +23,8 @@ DEFAULT_SHARE = 0.6
 BASE_GB = 0.6
 GB_PER_MILLION_ACTIVITIES = 0.26
 MAX_ACTIVITIES_PER_SHARD = 5_000_000
+# Below this a shard costs more in fixed work (tasks, part files) than it saves in memory.
+MIN_ACTIVITIES_PER_SHARD = 1_000
 MAX_SHARDS = 512
 _UNLIMITED = 1 << 60
 
@@ -63,6 +68,8 @@ def budget_gb(configured: float | None) -> float:
 def shards_for(activities: int, budget: float) -> int:
     """Lead shards that keep each one's estimated peak inside the budget, and its size in bounds (at least one)."""
     per_shard = min((budget - BASE_GB) / GB_PER_MILLION_ACTIVITIES * 1e6, MAX_ACTIVITIES_PER_SHARD)
-    if per_shard <= 0:
-        return MAX_SHARDS
+    if per_shard < MIN_ACTIVITIES_PER_SHARD:
+        log.warning("memory budget %.2f GB leaves almost nothing for rows beyond the %.1f GB a shard needs "
+                    "anyway; shards of %d activities", budget, BASE_GB, MIN_ACTIVITIES_PER_SHARD)
+        per_shard = MIN_ACTIVITIES_PER_SHARD
     return max(1, min(MAX_SHARDS, math.ceil(activities / per_shard)))

@@ -186,7 +186,8 @@ def shard_count(run: RunSettings, activities: int) -> int:
     """Shards of this run: as configured, else enough that each fits the memory budget.
 
     On local Dask workers the budget is shared by the workers, which replay shards at the same
-    time; on a remote cluster it is each worker's.
+    time. On a remote cluster it is each worker's: set `[run] memory_gb` there, since the
+    default is measured on the driver's machine.
     """
     if run.shards:
         return run.shards
@@ -318,7 +319,9 @@ def replay_shards(sources: dict[str, Source], config: FunnelConfig, run: RunSett
                    schemas={table: dict(source.frame.collect_schema()) for table, source in sources.items()},
                    keep=shards == 1 and not run.dask.enabled)
     if job.keep:
-        return job, [replay(job, 0, {table: source.collect() for table, source in sources.items()})]
+        # The rows given are consumed by the replay, so a retry could not see them: no retries.
+        inputs = {table: source.collect() for table, source in sources.items()}
+        return job, [replay.with_options(retries=0)(job, 0, inputs)]
     split_inputs(sources, pending, shards)
     rows = sources["activities"].rows
     job = replace(job, repeated_ids=repeated_ids(pending, config, run_start, rows, -(-rows // shards)))

@@ -27,7 +27,7 @@ from typing import Any, Final
 import polars as pl
 
 from flows.catalog import LEAD_GRAIN, QUARANTINE, SNAPSHOTS
-from flows.inputs import Source
+from flows.inputs import InputError, Source
 from flows.store import OutputStore
 from transforms.calendar import day_start
 from transforms.classify import History, classify
@@ -54,7 +54,7 @@ _SPILL_COMPRESSION: Final = "lz4"  # work files: written once, read once, soon d
 
 @dataclass(frozen=True)
 class ShardJob:
-    """What every shard of one run is given; small and picklable, for Dask workers."""
+    """What every shard of one run is given; picklable, for Dask workers (it carries the repeated ids)."""
 
     pending_root: str
     shards: int
@@ -114,9 +114,13 @@ def split_inputs(sources: dict[str, Source], pending: OutputStore, shards: int) 
     """
     for table, source in sources.items():
         dtype = source.frame.collect_schema()["lead_id"]
-        source.frame.with_columns(lead_shard("lead_id", dtype, shards)).sink_parquet(
-            pl.PartitionBy(pending.shard_inputs(table), key="_shard", include_key=False),
-            mkdir=True, compression=_SPILL_COMPRESSION, statistics=False)
+        try:
+            source.frame.with_columns(lead_shard("lead_id", dtype, shards)).sink_parquet(
+                pl.PartitionBy(pending.shard_inputs(table), key="_shard", include_key=False),
+                mkdir=True, compression=_SPILL_COMPRESSION, statistics=False)
+        except pl.exceptions.PolarsError as exc:  # the input's pages are first read here
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise InputError(f"{source.where}: unreadable: {first.strip()}") from exc
 
 
 def _shard_files(directory: Path) -> list[Path]:
@@ -139,14 +143,18 @@ def repeated_ids(pending: OutputStore, config: FunnelConfig, run_start: datetime
     found in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one column read and
     sorted per bucket: 20M ids in about 1.3 s, where a group-by took 2.5 s). Then the rows with
     such a hash are read and checked exactly, in groups of about `shard_rows` rows, so an input
-    full of repeated ids (an export written twice) needs no more memory than one shard.
+    full of repeated ids (an export written twice) needs about one shard's memory; only one id
+    repeated on very many rows (they are checked together) could need more. Blank ids are left
+    out: their rows are quarantined by a row rule and never count as duplicates.
     """
     files = [f for d in sorted(pending.shard_inputs("activities").glob("_shard=*")) for f in _shard_files(d)]
     none = pl.Series("activity_id", [], pl.String)
     if not files:
         return none
     scan = pl.scan_parquet(files, hive_partitioning=False)
-    key = identifier("activity_id", scan.collect_schema()["activity_id"]).hash(0).alias("_h")
+    text = identifier("activity_id", scan.collect_schema()["activity_id"])
+    scan = scan.filter(text.is_not_null() & (text != ""))
+    key = text.hash(0).alias("_h")
     buckets = max(1, -(-rows // IDS_PER_BUCKET))
     found, candidate_rows = [], 0
     for bucket in range(buckets):
