@@ -156,13 +156,18 @@ def _timestamp_fields(source: pl.Expr) -> dict[str, pl.Expr]:
 
 
 def _utc_from_fields() -> pl.Expr:
-    """UTC instant from the parts; null for impossible values (Feb 30, 25:00, +24:00) and before 1970."""
+    """UTC instant from the parts; null for impossible values (Feb 30, 25:00, +24:00), before 1970 and from 10000 on.
+
+    A wall time late on 9999-12-31 with a negative offset is in year 10000 in UTC, which no
+    reader can hold.
+    """
     has_offset = pl.col("_sign") != 0
     valid = pl.col("_ok") & pl.col("_base").is_not_null() & (
         ~has_offset | (pl.col("_oh").is_between(0, 23) & pl.col("_om").is_between(0, 59)))
     offset_minutes = pl.when(has_offset).then(pl.col("_sign") * (pl.col("_oh") * 60 + pl.col("_om"))).otherwise(0)
     micros = pl.col("_base").cast(pl.Int64) + pl.col("_us").fill_null(0) - offset_minutes * 60_000_000
-    return pl.when(valid & (micros >= MIN_TIMESTAMP_US)).then(micros).cast(pl.Datetime("us", "UTC"))
+    in_range = (micros >= MIN_TIMESTAMP_US) & (micros < END_TIMESTAMP_US)
+    return pl.when(valid & in_range).then(micros).cast(pl.Datetime("us", "UTC"))
 
 
 def _typed_timestamp(name: str, dtype: pl.Datetime | pl.Date) -> pl.Expr:
