@@ -100,7 +100,7 @@ class Source:
         try:
             return RawTable(self.frame.collect(), self.malformed)
         except pl.exceptions.PolarsError as exc:
-            raise InputError(f"{self.where}: unreadable: {_first_line(exc)}") from exc
+            raise InputError(f"{self.where}: unreadable: {first_line(exc)}") from exc
 
 
 def _scan_parquet(path: Path, table: str, where: str | None = None) -> Source:
@@ -115,7 +115,7 @@ def _scan_parquet(path: Path, table: str, where: str | None = None) -> Source:
         uuids = _uuid_columns(pq.read_schema(path))
         rows = pq.ParquetFile(path).metadata.num_rows
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputError(f"{where}: unreadable: {_first_line(exc)}") from exc
+        raise InputError(f"{where}: unreadable: {first_line(exc)}") from exc
     missing = [c for c in required if c not in present]
     if missing:
         raise InputError(f"{where}: missing required column {missing[0]!r}")
@@ -125,7 +125,8 @@ def _scan_parquet(path: Path, table: str, where: str | None = None) -> Source:
     return Source(frame=frame, rows=rows, where=where)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error message (the rest may quote input rows)."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
@@ -207,7 +208,7 @@ def _spill_csv(path: Path, table: str, spill: Path) -> Source:
                 writer.write_batch(batch)
     except (pa.ArrowException, OSError) as exc:
         # Arrow's parse errors end in the offending row's text, which no message may carry.
-        message = re.sub(r"(columns, got \d+):.*", r"\1", _first_line(exc))
+        message = re.sub(r"(columns, got \d+):.*", r"\1", first_line(exc))
         raise InputError(f"{path}: unreadable: {message}") from exc
     rows = _malformed_frame(malformed, names, columns)
     if malformed:
@@ -343,7 +344,7 @@ def scan_database_table(uri: str, table: str, source: SourceConfig, spill: Path)
                               path)
         present = frame.collect_schema().names()
     except Exception as exc:  # ADBC's errors carry the server's message
-        first = _first_line(exc)
+        first = first_line(exc)
         error = TransientInputError if any(t in first.lower() for t in _TRANSIENT) else InputError
         raise error(f"{where}: {first}") from exc
     missing = [c for c in required if c not in present]

@@ -27,7 +27,7 @@ from typing import Any, Final
 import polars as pl
 
 from flows.catalog import LEAD_GRAIN, QUARANTINE, SNAPSHOTS
-from flows.inputs import InputError, Source
+from flows.inputs import InputError, Source, first_line
 from flows.store import OutputStore
 from transforms.calendar import day_start
 from transforms.classify import History, classify
@@ -119,8 +119,7 @@ def split_inputs(sources: dict[str, Source], pending: OutputStore, shards: int) 
                 pl.PartitionBy(pending.shard_inputs(table), key="_shard", include_key=False),
                 mkdir=True, compression=_SPILL_COMPRESSION, statistics=False)
         except pl.exceptions.PolarsError as exc:  # the input's pages are first read here
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise InputError(f"{source.where}: unreadable: {first.strip()}") from exc
+            raise InputError(f"{source.where}: unreadable: {first_line(exc)}") from exc
 
 
 def _shard_files(directory: Path) -> list[Path]:
