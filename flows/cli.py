@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib.util
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 from flows import DEFAULT_OUTPUT  # first: quiet, telemetry-free Prefect settings before prefect loads
 
@@ -172,71 +172,102 @@ def _die_with_parent() -> None:
 
 
 class TemporaryApi:
-    """Prefect's temporary API server, started in the background and bound to this process's life.
+    """Prefect's temporary API server for this process, started at once and bound to its life.
 
-    It takes seconds to come up (its own process imports and checks its database); started
-    first, it does so while this process imports Polars, pandera and the pipeline. The flow
-    finds it running and uses it. Prefect stops it at exit; if this process is killed instead
-    (SIGKILL, the out-of-memory killer), the kernel's parent-death signal ends it too. That
-    signal follows the starting thread, so the thread stays alive for the process's lifetime.
+    Prefect would start the same server (`prefect.server.api.server:create_app` under uvicorn,
+    UI off) on the first flow run, after importing its whole server package in this process
+    first (about 4 s). Spawned here instead, at the very start of the command, it comes up while
+    this process imports Polars and the pipeline, and the flow is pointed at it through
+    PREFECT_API_URL (local Dask workers too). If this process is killed (SIGKILL, the
+    out-of-memory killer), the kernel's parent-death signal ends the server: it is started from
+    the main thread, which lives as long as the process.
     """
 
-    started = False  # whether this process started one
+    _current: ClassVar[TemporaryApi | None] = None  # one per process, reused by every run in it
 
     def __init__(self) -> None:
-        TemporaryApi.started = True
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        threading.Thread(target=self._serve, name="prefect-temporary-api", daemon=True).start()
+        # The same environment Prefect would give it; the server reads the same profile and
+        # settings files as this process, from the same environment and directory.
+        self._env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1"}
+        spec = importlib.util.find_spec("prefect")  # found, not imported
+        self._app_dir = str(Path(spec.origin).parent.parent) if spec and spec.origin else "."
+        self._timeout = 120.0
+        self._ready = False
+        self._spawn()
 
-    def _serve(self) -> None:
+    def _spawn(self) -> None:
+        import socket
         import subprocess
 
-        from prefect.server.api.server import SubprocessASGIServer
+        with socket.socket() as probe:  # a free port; uvicorn exits with 3 if it was taken meanwhile
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", self._app_dir,
+             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=self._env, preexec_fn=_die_with_parent)
 
-        popen: Any = subprocess.Popen
+    def wait(self) -> str:
+        """Block until the server answers; its API URL."""
+        import urllib.request
 
-        def bound_popen(*args: Any, **kwargs: Any) -> Any:
-            return popen(*args, preexec_fn=_die_with_parent, **kwargs)
+        deadline = time.monotonic() + self._timeout
+        while not self._ready:
+            code = self.process.poll()
+            if code == 3:  # the port was taken: try another
+                self._spawn()
+            elif code is not None:
+                raise RuntimeError(f"Prefect's temporary API server exited with code {code}")
+            elif time.monotonic() > deadline:
+                self.process.terminate()
+                raise RuntimeError(f"Prefect's temporary API server did not answer within {self._timeout} s "
+                                   "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    self._ready = response.status == 200
+            except OSError:
+                time.sleep(0.05)
+        return self.url
 
-        setattr(subprocess, "Popen", bound_popen)  # noqa: B010  (only while Prefect spawns its server)
-        server = SubprocessASGIServer()
-        try:
-            server.start()
-            # Prefect's own stop waits for the server to shut down (1-2 s of every run). Ending
-            # this process is enough: the parent-death signal stops the server, which then
-            # finishes its shutdown alone, after every client-side flush in this process ran.
-            atexit.unregister(server.stop)
-        except BaseException as exc:  # surfaced by wait(), in the main thread
-            self.error = exc
-        finally:
-            setattr(subprocess, "Popen", popen)  # noqa: B010
-            self.ready.set()
-        threading.Event().wait()  # keep the parent-death signal's thread alive
+    def stop(self) -> None:
+        """End the server (at exit of a process that did not end through `entry`)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
 
-    def wait(self) -> None:
-        """Block until the server answers (or failed to start)."""
-        self.ready.wait()
-        if self.error is not None:
-            raise self.error
+    @classmethod
+    def start(cls) -> TemporaryApi | None:
+        """The temporary API, where no Prefect server is configured; started once per process.
 
+        Spawned before Prefect is imported (about a second) unless PREFECT_API_URL is set; if
+        Prefect's settings then name a server after all (a profile), it is stopped again.
+        """
+        if cls._current is not None and cls._current.process.poll() is None:
+            return cls._current
+        if os.environ.get("PREFECT_API_URL"):
+            return None
+        server = TemporaryApi()
+        from prefect.settings import get_current_settings
 
-def _start_temporary_api() -> TemporaryApi | None:
-    """The temporary API, where no Prefect server is configured."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        return None
-    return TemporaryApi()
+        settings = get_current_settings()
+        if settings.api.url or not settings.server.ephemeral.enabled:
+            server.stop()
+            return None
+        server._timeout = settings.server.ephemeral.startup_timeout_seconds
+        cls._current = server
+        atexit.register(server.stop)
+        return server
 
 
 def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.pipeline import backfill, nightly
 
-    if server is not None:
-        server.wait()
-
+    api = {PREFECT_API_URL: server.wait()} if server is not None else {}
     started = time.perf_counter()
     if args.input and args.input.startswith(("postgresql://", "postgres://")):
         from flows.settings import database_uri_without_password
@@ -250,15 +281,17 @@ def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
               "output_format": args.output_format,
               "config_path": str(args.config) if args.config else None, "timezone": args.timezone,
               "workers": args.workers, "dask_address": args.dask_address, "memory_gb": args.memory_gb}
-    if args.command == "run":
-        summary = nightly(as_of=args.as_of, **common)
-    else:
-        from rich.progress import Progress
+    with temporary_settings(updates=api):
+        if args.command == "run":
+            summary = nightly(as_of=args.as_of, **common)
+        else:
+            from rich.progress import Progress
 
-        with Progress(transient=True) as progress:
-            days = (args.end - args.start).days + 1
-            bar = progress.add_task("writing partitions", total=days)
-            summary = backfill(start=args.start, end=args.end, on_day=lambda _d: progress.advance(bar), **common)
+            with Progress(transient=True) as progress:
+                days = (args.end - args.start).days + 1
+                bar = progress.add_task("writing partitions", total=days)
+                summary = backfill(start=args.start, end=args.end, on_day=lambda _d: progress.advance(bar),
+                                   **common)
     _print_summary(summary, time.perf_counter() - started)
 
 
@@ -341,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # SIGTERM (a scheduler stopping the job) ends a run like Ctrl-C: nothing published, lock released.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = _start_temporary_api() if args.command in ("run", "backfill") else None
+    server = TemporaryApi.start() if args.command in ("run", "backfill") else None
     from flows.delta import OutputStoreError
     from flows.inputs import InputError
     from flows.pipeline import CollapsedInputError
@@ -381,7 +414,9 @@ def entry() -> None:
     skipped: about a second of every run.
     """
     code = main()
-    if TemporaryApi.started:
+    server = TemporaryApi._current
+    if server is not None:
+        atexit.unregister(server.stop)  # its parent-death signal stops it, without waiting for its shutdown
         atexit._run_exitfuncs()
         logging.shutdown()
         sys.stdout.flush()
