@@ -65,9 +65,19 @@ def budget_gb(configured: float | None) -> float:
     return configured if configured is not None else round(DEFAULT_SHARE * machine_memory_gb(), 2)
 
 
-def shards_for(activities: int, budget: float) -> int:
-    """Lead shards that keep each one's estimated peak inside the budget, and its size in bounds (at least one)."""
-    per_shard = min((budget - BASE_GB) / GB_PER_MILLION_ACTIVITIES * 1e6, MAX_ACTIVITIES_PER_SHARD)
+def cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def shards_for(activities: int, budget: float, parallel: int = 1) -> int:
+    """Lead shards that keep the estimated peak inside the budget, and their size in bounds (at least one).
+
+    `parallel` shards replay at once in one process: they share its fixed part, and each has
+    its share of the rest.
+    """
+    rows_gb = (budget - BASE_GB) / max(1, parallel)
+    per_shard = min(rows_gb / GB_PER_MILLION_ACTIVITIES * 1e6, MAX_ACTIVITIES_PER_SHARD)
     if per_shard < MIN_ACTIVITIES_PER_SHARD:
         log.warning("memory budget %.2f GB leaves almost nothing for rows beyond the %.1f GB a shard needs "
                     "anyway; shards of %d activities", budget, BASE_GB, MIN_ACTIVITIES_PER_SHARD)

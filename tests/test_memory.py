@@ -34,9 +34,13 @@ def test_shards_keep_each_one_inside_the_budget_and_its_size_bounded() -> None:
     assert shards_for(40_000_000, 1.6) == -(-40_000_000 // int(per_shard))
     for activities in (1, 999_999, 7_000_000, 100_000_000):
         for budget in (0.7, 1.0, 4.8, 16.0):
-            shards = shards_for(activities, budget)
-            assert BASE_GB + GB_PER_MILLION_ACTIVITIES * activities / shards / 1e6 <= budget + 1e-9
-            assert activities / shards <= MAX_ACTIVITIES_PER_SHARD
+            for parallel in (1, 2, 3):  # shards replayed at once share the fixed part, not the rows
+                shards = shards_for(activities, budget, parallel)
+                at_once = min(parallel, shards)
+                peak = BASE_GB + at_once * GB_PER_MILLION_ACTIVITIES * activities / shards / 1e6
+                assert shards == MAX_SHARDS or peak <= budget + 1e-9
+                assert activities / shards <= MAX_ACTIVITIES_PER_SHARD
+    assert shards_for(20_000_000, 2.0, 2) == 8  # (2.0 - 0.6) / 2 GB: 2.7M activities each
     assert shards_for(1_000_000, BASE_GB) == MAX_SHARDS  # nothing left for rows: as many shards as allowed
 
 
