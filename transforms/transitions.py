@@ -9,6 +9,11 @@ per-lead window.
 That frame's row number, SEQ, is replay order across all leads as one integer (each lead's entry,
 then its activities by (occurred_at, activity_id)), so per-lead questions about "the next" or
 "the latest" event of some kind (owners, SLA clocks) are as-of lookups on SEQ with no `by`.
+
+The sorted frame is kept narrow: integer keys and codes plus the activity_id that breaks ties.
+The lead's id and source are joined back by key where a dataset needs them, the activity type is
+a code into the catalogue, and the few rows that need more of their activity (owners, SLA
+answers) find it by their position in the validated activities (ACT).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from transforms.rules import FunnelConfig
 
 KEY = "lead_key"
 SEQ = "_seq"
+ACT = "_act"  # an activity's row in the validated activities
+TYPE = "_type"  # an activity type's position in the catalogue
 ASSIGNS, ANSWERS = "_assigns", "_answers"  # the activity type assigns an owner / answers some SLA
 # Order of events at one instant: the entry first, then activities by activity_id.
 ENTRY, ACTIVITY = 0, 1
@@ -48,25 +55,50 @@ def _rules_table(config: FunnelConfig) -> pl.LazyFrame:
     return pl.LazyFrame(
         {
             "activity_type": types,
+            TYPE: list(range(len(types))),
             "points": [config.points.get(t, 0) for t in types],
             "_promo": [config.rank(config.promotions[t]) if t in config.promotions else None for t in types],
             "_demo": [config.rank(config.demotions[t]) if t in config.demotions else None for t in types],
             ASSIGNS: [t in config.assignment_types for t in types],
             ANSWERS: [t in answers for t in types],
         },
-        schema={"activity_type": pl.String, "points": pl.Int32, "_promo": pl.Int8, "_demo": pl.Int8,
+        schema={"activity_type": pl.String, TYPE: pl.UInt16, "points": pl.Int32, "_promo": pl.Int8, "_demo": pl.Int8,
                 ASSIGNS: pl.Boolean, ANSWERS: pl.Boolean},
     )
 
 
 def scored_activities(activities: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig,
                       boundary: datetime) -> pl.LazyFrame:
-    """Activities before the boundary, keyed, in replay order, with points and their rules."""
+    """Activities before the boundary, keyed, in replay order, with points and their rules.
+
+    Narrow: ACT (the row in `activities`), the lead's key and fit, the time, the activity_id and
+    the type's code and rules; no text but the activity_id, which orders activities at one instant.
+    """
     return (
-        activities.filter(pl.col("occurred_at") < boundary)
+        activities.with_row_index(ACT)
+        .filter(pl.col("occurred_at") < boundary)
+        .select(ACT, "lead_id", "occurred_at", "activity_id", "activity_type")
         .join(leads.select(KEY, "lead_id", "fit"), on="lead_id", how="inner")
         .join(_rules_table(config), on="activity_type", how="left")
+        .drop("lead_id", "activity_type")
         .sort(KEY, "occurred_at", "activity_id")
+    )
+
+
+def type_name(config: FunnelConfig) -> pl.Expr:
+    """The activity type of a TYPE code."""
+    types = list(config.catalogue)
+    return pl.col(TYPE).replace_strict(list(range(len(types))), types, return_dtype=pl.String)
+
+
+def activity_details(marked: pl.DataFrame, activities: pl.DataFrame, leads: pl.DataFrame,
+                     config: FunnelConfig) -> pl.DataFrame:
+    """Rows of the scored activities with their lead_id, activity_type and owner_id (when the input has one)."""
+    if "owner_id" in activities.columns:
+        marked = marked.hstack(activities.select("owner_id")[marked[ACT]])
+    return (
+        marked.with_columns(type_name(config).alias("activity_type"))
+        .join(leads.select(KEY, "lead_id"), on=KEY, how="left", maintain_order="left")
     )
 
 
@@ -100,14 +132,14 @@ def replay(leads: pl.LazyFrame, activities: pl.LazyFrame, config: FunnelConfig) 
     ranks = {s: config.rank(s) for s in config.stage_names}
     target = ranks[config.score_target]
     entries = leads.select(
-        KEY, "lead_id", pl.col("created_at").alias("occurred_at"),
-        pl.lit(None, pl.String).alias("activity_id"), pl.lit(None, pl.String).alias("activity_type"),
+        KEY, pl.col("created_at").alias("occurred_at"),
+        pl.lit(None, pl.String).alias("activity_id"), pl.lit(None, pl.UInt16).alias(TYPE),
         pl.lit(ENTRY, pl.Int8).alias("_ord"),
     )
     # Activities are already in (lead, time, activity_id) order and never precede their lead's
     # entry, so a stable sort on (lead, entry-first) merges without comparing times or ids again.
     events = pl.concat(
-        [entries, activities.select(KEY, "lead_id", "occurred_at", "activity_id", "activity_type",
+        [entries, activities.select(KEY, "occurred_at", "activity_id", TYPE,
                                     pl.lit(ACTIVITY, pl.Int8).alias("_ord"), "_promo", "_demo", "_hit")],
         how="diagonal",
     ).sort(KEY, "_ord", maintain_order=True).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
@@ -152,12 +184,12 @@ def transitions(events: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig)
     prev_at = pl.col("transitioned_at").shift(1)  # rows are in lead order; entries have no from
     return (
         changed.select(
-            KEY, "lead_id",
+            KEY,
             pl.col("stage_before").alias("from_rank"),
             pl.col("stage").alias("to_rank"),
             pl.col("occurred_at").alias("transitioned_at"),
             pl.when(entry).then(pl.lit("created"))
-            .when(pl.col("_own_rule_changed")).then(pl.col("activity_type"))
+            .when(pl.col("_own_rule_changed")).then(type_name(config))
             .otherwise(pl.lit("score")).alias("trigger"),
             "activity_id", SEQ,
         )
@@ -169,7 +201,9 @@ def transitions(events: pl.LazyFrame, leads: pl.LazyFrame, config: FunnelConfig)
                 (pl.col("transitioned_at") - prev_at).dt.total_microseconds() / 3_600_000_000
             ),
         )
-        .join(leads.select(KEY, "source"), on=KEY, how="left", maintain_order="left")
+        .join(leads.select(KEY, "lead_id", "source"), on=KEY, how="left", maintain_order="left")
+        .select(KEY, "lead_id", "from_rank", "to_rank", "transitioned_at", "trigger", "activity_id", SEQ,
+                "direction", "stages_moved", "hours_in_from_stage", "source")
     )
 
 
