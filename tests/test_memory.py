@@ -28,10 +28,10 @@ def test_shards_keep_each_one_inside_the_budget_and_its_size_bounded() -> None:
     assert shards_for(10_000, 16) == 1
     assert shards_for(MAX_ACTIVITIES_PER_SHARD, 16) == 1
     assert shards_for(MAX_ACTIVITIES_PER_SHARD + 1, 16) == 2
-    assert shards_for(20_000_000, 16) == 4
-    # A budget of 1.6 GB holds (1.6 - base) / per-million million activities per shard.
-    per_shard = (1.6 - BASE_GB) / GB_PER_MILLION_ACTIVITIES * 1e6
-    assert shards_for(40_000_000, 1.6) == -(-40_000_000 // int(per_shard))
+    assert shards_for(20_000_000, 16) == 8
+    # A budget of 1.2 GB holds (1.2 - base) / per-million million activities per shard.
+    per_shard = (1.2 - BASE_GB) / GB_PER_MILLION_ACTIVITIES * 1e6
+    assert shards_for(40_000_000, 1.2) == -(-40_000_000 // int(per_shard))
     for activities in (1, 999_999, 7_000_000, 100_000_000):
         for budget in (0.7, 1.0, 4.8, 16.0):
             for parallel in (1, 2, 3):  # shards replayed at once share the fixed part, not the rows
@@ -40,7 +40,7 @@ def test_shards_keep_each_one_inside_the_budget_and_its_size_bounded() -> None:
                 peak = BASE_GB + at_once * GB_PER_MILLION_ACTIVITIES * activities / shards / 1e6
                 assert shards == MAX_SHARDS or peak <= budget + 1e-9
                 assert activities / shards <= MAX_ACTIVITIES_PER_SHARD
-    assert shards_for(20_000_000, 2.0, 2) == 8  # (2.0 - 0.6) / 2 GB: 2.7M activities each
+    assert shards_for(20_000_000, 1.6, 2) == 11  # (1.6 - 0.6) / 2 GB: 1.9M activities each
     assert shards_for(1_000_000, BASE_GB) == MAX_SHARDS  # nothing left for rows: as many shards as allowed
 
 
