@@ -187,9 +187,12 @@ class TemporaryApi:
 
     def __init__(self) -> None:
         # The same environment Prefect would give it; the server reads the same profile and
-        # settings files as this process, from the same environment and directory.
+        # settings files as this process, from the same environment and directory. Block types
+        # are not registered (nor their registry hashed, about a second of CPU): no flow here
+        # uses blocks, and a real server registers them when it starts.
         self._env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1"}
+                     "PREFECT__SERVER_FINAL": "1", "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+                     "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
         spec = importlib.util.find_spec("prefect")  # found, not imported
         self._app_dir = str(Path(spec.origin).parent.parent) if spec and spec.origin else "."
         self._timeout = 120.0
