@@ -11,8 +11,9 @@ same functions whether a local run calls them in this process or a Dask run on w
    points fingerprint that tells which published dates may have changed);
 2. `write_dates`, once the driver knows every date to write, writes the shard's part of those
    dates' snapshot partitions and returns the daily metrics' partials.
-Between the steps a shard's replayed history is spilled to the pending area, so only one
-shard's rows are in memory at a time; a single local shard keeps it in the process instead.
+Between the steps a shard's replayed history is spilled to the pending area, so only the shards
+being replayed (one per core locally) hold rows in memory; a single local shard keeps its
+history in the process instead.
 """
 
 from __future__ import annotations

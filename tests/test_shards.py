@@ -54,3 +54,36 @@ def test_repeated_ids_equal_whole_input_duplicates_even_for_an_export_written_tw
                    run_start=RUN_START, fingerprint_from=RUN_START.date(),
                    schemas={t: dict(s.frame.collect_schema()) for t, s in sources.items()})
     assert sum(read_raw_shard(job, "activities", s).frame.height for s in range(5)) == doubled.height
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_shards_side_by_side_return_in_order_and_a_failure_waits_for_the_others() -> None:
+    """Two shard steps at a time give their results in shard order; when one fails, the error
+    is raised only after the shard still running has finished (it may be writing files)."""
+    import time
+
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    from flows.pipeline import _side_by_side
+
+    finished: list[int] = []
+
+    @task(cache_policy=NO_CACHE)
+    def step(shard: int, seconds: float, fail: bool) -> int:
+        time.sleep(seconds)
+        if fail:
+            raise ValueError(f"shard {shard} failed")
+        finished.append(shard)
+        return shard * 10
+
+    @flow
+    def shards(calls: list[tuple[int, float, bool]]) -> list[int]:
+        return _side_by_side(step, calls, 2)
+
+    assert shards([(0, 0.3, False), (1, 0.0, False), (2, 0.1, False), (3, 0.0, False)]) == [0, 10, 20, 30]
+    assert sorted(finished) == [0, 1, 2, 3]
+    finished.clear()
+    with pytest.raises(ValueError, match="shard 0 failed"):
+        shards([(0, 0.0, True), (1, 1.0, False), (2, 0.0, False)])
+    assert finished == [1]  # shard 1 ran to its end before the error surfaced; shard 2 never started
