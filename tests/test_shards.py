@@ -58,8 +58,10 @@ def test_repeated_ids_equal_whole_input_duplicates_even_for_an_export_written_tw
 
 @pytest.mark.usefixtures("prefect_server")
 def test_shards_side_by_side_return_in_order_and_a_failure_waits_for_the_others() -> None:
-    """Two shard steps at a time give their results in shard order; when one fails, the error
-    is raised only after the shard still running has finished (it may be writing files)."""
+    """Shard steps two at a time return in shard order; a failure waits for the shard still running.
+
+    That shard may be writing into the pending area, which the run deletes once it has failed.
+    """
     import time
 
     from prefect import flow, task
