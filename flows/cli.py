@@ -217,6 +217,7 @@ class TemporaryApi:
         """Block until the server answers; its API URL."""
         import urllib.request
 
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
         deadline = time.monotonic() + self._timeout
         while not self._ready:
             code = self.process.poll()
@@ -229,7 +230,7 @@ class TemporaryApi:
                 raise RuntimeError(f"Prefect's temporary API server did not answer within {self._timeout} s "
                                    "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with direct.open(f"{self.url}/health", timeout=2) as response:
                     self._ready = response.status == 200
             except OSError:
                 time.sleep(0.05)
@@ -237,9 +238,15 @@ class TemporaryApi:
 
     def stop(self) -> None:
         """End the server (at exit of a process that did not end through `entry`)."""
+        import subprocess
+
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     @classmethod
     def start(cls) -> TemporaryApi | None:
@@ -260,6 +267,8 @@ class TemporaryApi:
             server.stop()
             return None
         server._timeout = settings.server.ephemeral.startup_timeout_seconds
+        for key in ("NO_PROXY", "no_proxy"):  # the server is on this machine: never reach it through a proxy
+            os.environ[key] = ",".join(filter(None, [os.environ.get(key), "127.0.0.1"]))
         cls._current = server
         atexit.register(server.stop)
         return server

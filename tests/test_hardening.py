@@ -119,6 +119,19 @@ def test_no_child_outlives_a_sigkilled_funnel(tmp_path: Path) -> None:
     assert not [c for c in children if _alive(c)]
 
 
+def test_a_proxy_in_the_environment_does_not_stand_between_a_run_and_its_temporary_api(tmp_path: Path) -> None:
+    """Behind an HTTP proxy (HTTP_PROXY and HTTPS_PROXY set) the run still reaches its local API directly."""
+    inputs = tmp_path / "in"
+    dirty_input(inputs, 300, seed=11, days=30)
+    dead = "http://127.0.0.1:9"  # nothing listens there: a request through it fails at once
+    env = os.environ | {"HTTP_PROXY": dead, "http_proxy": dead, "HTTPS_PROXY": dead, "https_proxy": dead}
+    env.pop("PREFECT_API_URL", None)
+    run = subprocess.run([*CLI, "run", "--as-of", str(AS_OF), "--input", str(inputs), "--output",
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "done in" in run.stdout
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_no_credential_reaches_prefect_the_manifest_or_the_terminal(inputs: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
