@@ -36,8 +36,12 @@ AS_OF = "2025-11-15"
 CGROUP = Path("/sys/fs/cgroup/memory/funnel-bench")
 
 
-def _child(cmd: list[str], limit_gb: float | None) -> tuple[float, float, str, float | None]:
-    """Run a command (inside the memory cgroup if asked); wall seconds, peak RSS in GB, stdout, cgroup peak."""
+def _child(cmd: list[str], limit_gb: float | None) -> tuple[float, float, str, float | None, float]:
+    """Run a command (inside the memory cgroup if asked).
+
+    Wall seconds, peak RSS in GB, stdout, cgroup peak, and CPU seconds (user + system, the process
+    and its waited-for children): on a shared machine the CPU time moves less than the wall time.
+    """
     if limit_gb is not None:
         CGROUP.mkdir(exist_ok=True)
         (CGROUP / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
@@ -53,10 +57,11 @@ def _child(cmd: list[str], limit_gb: float | None) -> tuple[float, float, str, f
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(cmd[:6])} ... failed: {err.read().strip().splitlines()[-3:]}")
         rss = usage.ru_maxrss / 1e6  # the largest single process of the run
+        cpu = usage.ru_utime + usage.ru_stime
         cgroup = None
         if limit_gb is not None:  # every process of the run, and the page cache it caused
             cgroup = round(int((CGROUP / "memory.max_usage_in_bytes").read_text()) / 1e9, 2)
-        return wall, rss, out.read(), cgroup
+        return wall, rss, out.read(), cgroup, cpu
 
 
 def typed_input(scale: str) -> Path:
@@ -78,10 +83,11 @@ def bench_scale(scale: str, repeat: int, timezone: str, limit_gb: float | None, 
         row: dict[str, Any] = {}
         if peer:
             with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
-                wall, rss, _, cgroup = _child([sys.executable, str(PEER / "peer_duckdb.py"),
+                wall, rss, _, cgroup, cpu = _child([sys.executable, str(PEER / "peer_duckdb.py"),
                                                str(directory / "leads.parquet"), str(directory / "activities.parquet"),
                                                tmp, AS_OF, timezone], limit_gb)
-                row["peer"] = {"seconds": round(wall, 2), "peak_rss_gb": round(rss, 2), "cgroup_peak_gb": cgroup}
+                row["peer"] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 1), "peak_rss_gb": round(rss, 2),
+                               "cgroup_peak_gb": cgroup}
         with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
             cmd = [sys.executable, "-m", "flows.cli", "run", "--as-of", AS_OF, "--input", str(directory),
                    "--output", tmp, "--timezone", timezone]
@@ -89,10 +95,11 @@ def bench_scale(scale: str, repeat: int, timezone: str, limit_gb: float | None, 
                 cmd += ["--shards", str(shards)]
             if workers:
                 cmd += ["--workers", str(workers)]
-            wall, rss, _, cgroup = _child(cmd, limit_gb)
+            wall, rss, _, cgroup, cpu = _child(cmd, limit_gb)
             manifest = json.loads(next((Path(tmp) / "runs").glob("*.json")).read_text())
             execution = manifest["execution"]
-            row["funnel"] = {"seconds": round(wall, 2), "peak_rss_gb": round(rss, 2), "cgroup_peak_gb": cgroup,
+            row["funnel"] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 1), "peak_rss_gb": round(rss, 2),
+                             "cgroup_peak_gb": cgroup,
                              "phases": manifest.get("phase_seconds", {}), "shards": execution["shards"],
                              "memory_budget_gb": execution.get("memory_budget_gb"),
                              "driver_peak_rss_gb": execution["driver_peak_rss_gb"],
