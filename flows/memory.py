@@ -24,6 +24,9 @@ DEFAULT_SHARE = 0.6
 BASE_GB = 0.6
 GB_PER_MILLION_ACTIVITIES = 0.26
 MAX_ACTIVITIES_PER_SHARD = 2_500_000
+# An input read whole, per million activities with their leads: 20M typed activities held
+# 1.2 GB; text columns (CSV) hold more, so the estimate leaves room for them.
+RAW_GB_PER_MILLION_ACTIVITIES = 0.1
 # Below this a shard costs more in fixed work (tasks, part files) than it saves in memory.
 MIN_ACTIVITIES_PER_SHARD = 1_000
 MAX_SHARDS = 512
@@ -84,3 +87,14 @@ def shards_for(activities: int, budget: float, parallel: int = 1) -> int:
                     "anyway; shards of %d activities", budget, BASE_GB, MIN_ACTIVITIES_PER_SHARD)
         per_shard = MIN_ACTIVITIES_PER_SHARD
     return max(1, min(MAX_SHARDS, math.ceil(activities / per_shard)))
+
+
+def split_fits_in_memory(activities: int, budget: float, parallel: int) -> bool:
+    """Whether the whole input, twice (itself and its shards, while it is split), fits the budget beside the shards.
+
+    Beside the input, `parallel` shards of at most `MAX_ACTIVITIES_PER_SHARD` activities replay
+    at once while it is still partly held.
+    """
+    raw = 2 * activities / 1e6 * RAW_GB_PER_MILLION_ACTIVITIES
+    shard = min(activities, MAX_ACTIVITIES_PER_SHARD) / 1e6 * GB_PER_MILLION_ACTIVITIES
+    return BASE_GB + raw + parallel * shard <= budget

@@ -42,7 +42,7 @@ from flows.catalog import (
 )
 from flows.inputs import Source, TransientInputError, scan_input
 from flows.lineage import Lineage
-from flows.memory import budget_gb, cores, shards_for
+from flows.memory import budget_gb, cores, shards_for, split_fits_in_memory
 from flows.quality import QualityError, emit_run_completed, quality_violations
 from flows.report import write_report
 from flows.settings import (
@@ -65,6 +65,8 @@ from flows.shard import (
     read_raw_shard,
     repeated_ids,
     replay_shard,
+    shard_files,
+    split_in_memory,
     split_inputs,
     write_dates,
 )
@@ -339,22 +341,32 @@ def replay_shards(sources: dict[str, Source], config: FunnelConfig, run: RunSett
                   lap: Callable[[str], None]) -> tuple[ShardJob, list[Replayed]]:
     """Every shard validated and replayed.
 
-    One local shard reads the input whole. Otherwise the input is streamed into shard files
-    first, and the activity_ids repeating across shards are found before any shard runs.
+    A local run whose input fits its memory budget (`split_fits_in_memory`), or has one shard,
+    reads it whole and splits it in memory; otherwise the input is streamed into shard files.
+    Either way the activity_ids repeating across shards are found before any shard runs.
     """
-    shards = shard_count(run, sources["activities"].rows)
+    rows = sources["activities"].rows
+    shards = shard_count(run, rows)
+    in_memory = not run.dask.enabled and (
+        shards == 1 or split_fits_in_memory(rows, budget_gb(run.memory_gb), local_parallelism(shards)))
     job = ShardJob(pending_root=str(pending.root), shards=shards, config=config, as_of=max(plan.asked),
                    run_start=run_start,
                    fingerprint_from=min([*plan.dates, *to_check]) - timedelta(days=config.window_days),
                    schemas={table: dict(source.frame.collect_schema()) for table, source in sources.items()},
-                   keep=shards == 1 and not run.dask.enabled)
-    if job.keep:
+                   keep=in_memory)
+    shard_rows = -(-rows // shards)
+    if in_memory:
+        parts = split_in_memory({table: source.collect() for table, source in sources.items()}, shards)
+        if shards > 1:
+            every = pl.concat([part["activities"].frame for part in parts]).lazy()
+            job = replace(job, repeated_ids=repeated_ids(every, config, run_start, rows, shard_rows))
+        lap("split")
         # The rows given are consumed by the replay, so a retry could not see them: no retries.
-        inputs = {table: source.collect() for table, source in sources.items()}
-        return job, [replay.with_options(retries=0)(job, 0, inputs)]
+        return job, _each_shard(run, replay.with_options(retries=0), [(job, s, parts[s]) for s in range(shards)])
     split_inputs(sources, pending, shards)
-    rows = sources["activities"].rows
-    job = replace(job, repeated_ids=repeated_ids(pending, config, run_start, rows, -(-rows // shards)))
+    files = shard_files(pending, "activities")
+    every = pl.scan_parquet(files, hive_partitioning=False) if files else pl.LazyFrame(schema=job.schemas["activities"])
+    job = replace(job, repeated_ids=repeated_ids(every, config, run_start, rows, shard_rows))
     lap("split")
     malformed = {table: source.malformed for table, source in sources.items()}
     return job, _each_shard(run, replay, [(job, s, None, malformed if s == 0 else None) for s in range(shards)])
@@ -526,6 +538,7 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Store
             "input": redacted_location(location), "tables": summary.tables, "rows_written": summary.written,
             "forced": force,
             "execution": {"shards": summary.shards, "memory_budget_gb": summary.memory_budget_gb,
+                          "split": "memory" if job.keep else "files",
                           "parallel_shards": 0 if run.dask.enabled else local_parallelism(summary.shards),
                           "dask_workers": run.dask.workers,
                           "dask_address": run.dask.address, "driver_peak_rss_gb": peak_rss_gb(),

@@ -16,9 +16,11 @@ from flows.memory import (
     GB_PER_MILLION_ACTIVITIES,
     MAX_ACTIVITIES_PER_SHARD,
     MAX_SHARDS,
+    RAW_GB_PER_MILLION_ACTIVITIES,
     budget_gb,
     machine_memory_gb,
     shards_for,
+    split_fits_in_memory,
 )
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
@@ -42,6 +44,16 @@ def test_shards_keep_each_one_inside_the_budget_and_its_size_bounded() -> None:
                 assert activities / shards <= MAX_ACTIVITIES_PER_SHARD
     assert shards_for(20_000_000, 1.6, 2) == 11  # (1.6 - 0.6) / 2 GB: 1.9M activities each
     assert shards_for(1_000_000, BASE_GB) == MAX_SHARDS  # nothing left for rows: as many shards as allowed
+
+
+def test_an_input_is_split_in_memory_only_when_it_fits_twice_beside_the_shards_replaying() -> None:
+    # 20M activities: 4 GB for the input and its shards, 0.65 GB for each of two shards replaying.
+    need = BASE_GB + 2 * 20 * RAW_GB_PER_MILLION_ACTIVITIES + 2 * 2.5 * GB_PER_MILLION_ACTIVITIES
+    assert split_fits_in_memory(20_000_000, need, 2)
+    assert not split_fits_in_memory(20_000_000, need - 0.01, 2)
+    assert split_fits_in_memory(20_000_000, 15, 2)  # this machine's default budget
+    assert not split_fits_in_memory(100_000_000, 0.6 * 8, 2)  # 5M leads in an 8 GiB cgroup: shard files
+    assert split_fits_in_memory(0, BASE_GB, 1)
 
 
 def test_the_budget_is_as_configured_else_a_share_of_the_machine() -> None:

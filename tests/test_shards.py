@@ -1,4 +1,4 @@
-"""The split into lead shards and the cross-shard duplicate pre-pass, against whole-input validation."""
+"""The split into lead shards, in memory or into files, and the cross-shard duplicate pre-pass."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from flows.inputs import scan_table
 from flows.settings import load_config
-from flows.shard import TABLES, ShardJob, read_raw_shard, repeated_ids, split_inputs
+from flows.shard import TABLES, ShardJob, read_raw_shard, repeated_ids, shard_files, split_in_memory, split_inputs
 from flows.store import OutputStore
 from transforms.validation import validate_activities, validate_leads
 
@@ -41,7 +42,11 @@ def test_repeated_ids_equal_whole_input_duplicates_even_for_an_export_written_tw
     pending = OutputStore(tmp_path / "pending")
     split_inputs(sources, pending, 5)
 
-    got = repeated_ids(pending, config, RUN_START, doubled.height, shard_rows)
+    got = repeated_ids(pl.scan_parquet(shard_files(pending, "activities")), config, RUN_START, doubled.height,
+                       shard_rows)
+    in_memory = split_in_memory({table: source.collect() for table, source in sources.items()}, 5)
+    every = pl.concat([part["activities"].frame for part in in_memory]).lazy()
+    assert repeated_ids(every, config, RUN_START, doubled.height, shard_rows).to_list() == got.to_list()
 
     leads = validate_leads(sources["leads"].collect(), RUN_START, config.personal_columns)
     whole = validate_activities(sources["activities"].collect(), leads.valid, config.catalogue, RUN_START)
@@ -54,6 +59,11 @@ def test_repeated_ids_equal_whole_input_duplicates_even_for_an_export_written_tw
                    run_start=RUN_START, fingerprint_from=RUN_START.date(),
                    schemas={t: dict(s.frame.collect_schema()) for t, s in sources.items()})
     assert sum(read_raw_shard(job, "activities", s).frame.height for s in range(5)) == doubled.height
+    # The split in memory makes the same shards as the split into files.
+    for table in TABLES:
+        for s in range(5):
+            on_disk = read_raw_shard(job, table, s).frame
+            assert_frame_equal(in_memory[s][table].frame.sort(pl.all()), on_disk.sort(pl.all()))
 
 
 @pytest.mark.usefixtures("prefect_server")
