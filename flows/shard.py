@@ -39,7 +39,9 @@ from transforms.rules import FunnelConfig
 from transforms.sharding import reached_counts, shard_of
 from transforms.validation import (
     RawTable,
+    RepeatedIds,
     TableValidation,
+    id_hash,
     identifier,
     repeated_activity_ids,
     validate_activities,
@@ -51,6 +53,8 @@ TABLES = ("leads", "activities")
 HISTORY_FRAMES = ("leads", "transitions", "intervals", "points", "owners", "clocks")
 # Activity ids sorted at once by the duplicate pre-pass (their hashes: 8 bytes each, twice).
 IDS_PER_BUCKET = 25_000_000
+# Repeating id hashes sent to every shard (8 bytes each); beyond this each shard sorts its own.
+MAX_SHARED_HASHES = 1_000_000
 _SPILL_COMPRESSION: Final = "lz4"  # work files: written once, read once, soon deleted
 
 
@@ -65,7 +69,7 @@ class ShardJob:
     run_start: datetime
     fingerprint_from: date
     schemas: dict[str, dict[str, pl.DataType]]  # each raw table's columns, for a shard without rows
-    repeated_ids: pl.Series | None = None  # activity_ids repeating across shards (None: one shard sees all)
+    repeated_ids: RepeatedIds | None = None  # activity_ids repeating across shards (None: one shard sees all)
     keep: bool = False  # keep each history in this process between the steps (a run split in memory)
 
     @property
@@ -164,24 +168,26 @@ def shard_files(pending: OutputStore, table: str) -> list[Path]:
 
 
 def repeated_ids(activities: pl.LazyFrame, config: FunnelConfig, run_start: datetime, rows: int,
-                 shard_rows: int) -> pl.Series:
+                 shard_rows: int) -> RepeatedIds:
     """The activity_ids the duplicate_activity_id rule quarantines, over every shard's activities.
 
     `activities` holds every shard's raw activities (their files, or the shards in memory),
-    `rows` of them. A bounded pre-pass: the 64-bit hashes of the normalised ids that occur more than once,
-    found in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one column read and
-    sorted per bucket: 20M ids in about 1.3 s, where a group-by took 2.5 s). Then the rows with
-    such a hash are read and checked exactly, in groups of about `shard_rows` rows, so an input
-    full of repeated ids (an export written twice) needs about one shard's memory; only one id
-    repeated on very many rows (they are checked together) could need more. Blank ids are left
-    out: their rows are quarantined by a row rule and never count as duplicates.
+    `rows` of them. A bounded pre-pass: the 64-bit hashes of the normalised ids that occur
+    more than once, found in buckets of the hash of at most `IDS_PER_BUCKET` rows each (one
+    column read and sorted per bucket: 20M ids in about 1.3 s, where a group-by took 2.5 s).
+    Then the rows with such a hash are read and checked exactly, in groups of about
+    `shard_rows` rows, so an input full of repeated ids (an export written twice) needs about
+    one shard's memory; only one id repeated on very many rows (they are checked together)
+    could need more. Blank ids are left out: their rows are quarantined by a row rule and never
+    count as duplicates. The hashes go to the shards too (up to `MAX_SHARED_HASHES`), whose
+    exact-duplicate collapse then need not sort their own.
     """
     none = pl.Series("activity_id", [], pl.String)
     if rows == 0:
-        return none
+        return RepeatedIds(none, pl.Series("_h", [], pl.UInt64))
     text = identifier("activity_id", activities.collect_schema()["activity_id"])
     scan = activities.filter(text.is_not_null() & (text != ""))
-    key = text.hash(0).alias("_h")
+    key = id_hash(text).alias("_h")
     buckets = max(1, -(-rows // IDS_PER_BUCKET))
     found, candidate_rows = [], 0
     for bucket in range(buckets):
@@ -194,7 +200,7 @@ def repeated_ids(activities: pl.LazyFrame, config: FunnelConfig, run_start: date
     ids = [repeated_activity_ids(scan.filter(key.is_in(part.implode())).collect(engine="streaming"),
                                  config.catalogue, run_start)
            for part in (repeated.filter(repeated % groups == group) for group in range(groups)) if not part.is_empty()]
-    return pl.concat([none, *ids]).sort()
+    return RepeatedIds(pl.concat([none, *ids]).sort(), repeated if repeated.len() <= MAX_SHARED_HASHES else None)
 
 
 def table_summary(result: TableValidation) -> dict[str, Any]:

@@ -301,26 +301,49 @@ def _quarantine_rows(raw: pl.DataFrame, malformed: pl.DataFrame, columns: tuple[
     return pl.concat([rows, lines])
 
 
-def _rows_sharing(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+def id_hash(key: pl.Expr) -> pl.Expr:
+    """The 64-bit hash of a normalised id that finds ids occurring more than once."""
+    return key.hash(0)
+
+
+@dataclass(frozen=True)
+class RepeatedIds:
+    """What a pre-pass over the whole input found about repeating activity_ids, for validating one lead shard.
+
+    `ids`: those the duplicate_activity_id rule quarantines (they still repeat after the row
+    rules and the exact-duplicate collapse). `hashes`: the `id_hash` of every normalised id
+    that occurs more than once at all (None: not known); a row whose hash is not among them
+    shares its id with no other row, so the collapse looks only at the others.
+    """
+
+    ids: pl.Series
+    hashes: pl.Series | None = None
+
+
+def _rows_sharing(frame: pl.DataFrame, key: str, repeating: pl.Series | None = None) -> pl.DataFrame:
     """The rows whose `key` occurs more than once, in input order.
 
-    Candidates come from sorting a 64-bit hash of the key (20M string keys: ~1.6 s, where a
-    hash-table `is_duplicated` on the strings took ~5 s); the exact check runs on them alone.
+    Candidates are the rows whose key hash is among the `repeating` hashes if known, else they
+    come from sorting the 64-bit hashes (20M string keys: ~1.6 s, where a hash-table
+    `is_duplicated` on the strings took ~5 s); the exact check runs on them alone.
     """
-    hashed = frame.select(ROW, _h=pl.col(key).hash(0)).sort("_h")
+    if repeating is not None:
+        sharing = frame.filter(id_hash(pl.col(key)).is_in(repeating.implode()))
+        return sharing.filter(pl.col(key).is_duplicated())
+    hashed = frame.select(ROW, _h=id_hash(pl.col(key))).sort("_h")
     same = (pl.col("_h") == pl.col("_h").shift(1)) | (pl.col("_h") == pl.col("_h").shift(-1))
     candidates = hashed.filter(same.fill_null(False))[ROW]
     return frame.filter(pl.col(ROW).is_in(candidates.implode())).filter(pl.col(key).is_duplicated())
 
 
 def _collapse_exact(frame: pl.DataFrame, raw: pl.DataFrame, raw_columns: list[str],
-                    key: str) -> tuple[pl.DataFrame, int, pl.DataFrame]:
+                    key: str, repeating: pl.Series | None) -> tuple[pl.DataFrame, int, pl.DataFrame]:
     """Keep the first of rows identical in every original column of `raw` (they share their key).
 
     Returns the kept rows, how many copies were dropped, and the kept rows whose key still
-    repeats (found among the rows sharing it before, so the key is hashed and sorted once).
+    repeats (found among the rows sharing it before, so the key is hashed once).
     """
-    shared = _rows_sharing(frame, key)
+    shared = _rows_sharing(frame, key, repeating)
     originals = raw[shared[ROW]].select(raw_columns)  # ROW is the position in raw
     copies = shared.filter(~originals.select(pl.struct(raw_columns).is_first_distinct()).to_series())[ROW]
     if copies.is_empty():
@@ -421,7 +444,7 @@ class _RowRules:
 
 
 def _row_rules(raw: pl.DataFrame, parsed: pl.LazyFrame, flags: dict[str, pl.Expr], columns: tuple[str, ...],
-               key: str) -> _RowRules:
+               key: str, repeating: pl.Series | None = None) -> _RowRules:
     """Row rules, then the exact-duplicate collapse.
 
     Parsing and the row rules are one row-wise plan, run once by the streaming engine into its
@@ -441,15 +464,18 @@ def _row_rules(raw: pl.DataFrame, parsed: pl.LazyFrame, flags: dict[str, pl.Expr
         engine="streaming",
     )
     raw_columns = [c for c in columns if c in raw.columns]
-    passed, collapsed, repeated = _collapse_exact(good, raw, raw_columns, key)
+    passed, collapsed, repeated = _collapse_exact(good, raw, raw_columns, key, repeating)
     return _RowRules(bad=bad, passed=passed, collapsed=collapsed, repeated=repeated, kept=kept)
 
 
 def _finish(raw: pl.DataFrame, malformed: pl.DataFrame, parsed: pl.LazyFrame, flags: dict[str, pl.Expr],
             columns: tuple[str, ...], key: str, later_rules: list[Rule],
-            personal: tuple[str, ...]) -> TableValidation:
-    """Row rules, then the exact-duplicate collapse, then each later rule on what is left."""
-    rows = _row_rules(raw, parsed, flags, columns, key)
+            personal: tuple[str, ...], repeating: pl.Series | None = None) -> TableValidation:
+    """Row rules, then the exact-duplicate collapse, then each later rule on what is left.
+
+    `repeating`: the hashes of the keys that occur more than once, if known.
+    """
+    rows = _row_rules(raw, parsed, flags, columns, key, repeating)
     quarantined, passed, collapsed, repeated, kept = [rows.bad], rows.passed, rows.collapsed, rows.repeated, rows.kept
     for rule in later_rules:
         checked, rule_flags = rule(passed, repeated)
@@ -503,10 +529,10 @@ def repeated_activity_ids(raw: pl.DataFrame, catalogue: tuple[str, ...], run_sta
 
 
 def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame, catalogue: tuple[str, ...],
-                        run_start: datetime, repeated_ids: pl.Series | None = None) -> TableValidation:
+                        run_start: datetime, whole_input: RepeatedIds | None = None) -> TableValidation:
     """Validate raw activities against the catalogue and the valid leads.
 
-    `repeated_ids`, from `repeated_activity_ids` over the whole input, makes the
+    `whole_input`, from a pre-pass over the whole input (`repeated_activity_ids`), makes the
     duplicate_activity_id rule see beyond this table (one lead shard); without it the rule sees
     only the rows given.
     """
@@ -514,9 +540,9 @@ def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame,
     parsed, flags = _parsed_activities(frame, catalogue, run_start)
 
     def duplicates(passed: pl.DataFrame, repeated: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-        if repeated_ids is None:
+        if whole_input is None:
             return _activity_duplicates(passed, repeated)
-        return passed.with_columns(duplicate_activity_id=pl.col("activity_id").is_in(repeated_ids.implode())), [
+        return passed.with_columns(duplicate_activity_id=pl.col("activity_id").is_in(whole_input.ids.implode())), [
             "duplicate_activity_id"]
 
     def references(passed: pl.DataFrame, _: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -528,4 +554,4 @@ def validate_activities(raw: pl.DataFrame | RawTable, leads_valid: pl.DataFrame,
         ), ["lead_not_valid", "before_lead_created"]
 
     return _finish(frame, malformed, parsed, flags, ACTIVITY_COLUMNS, "activity_id",
-                   [duplicates, references], ())
+                   [duplicates, references], (), whole_input.hashes if whole_input is not None else None)
