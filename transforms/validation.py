@@ -135,6 +135,11 @@ def _blank(expr: pl.Expr) -> pl.Expr:
     return expr.is_null() | (expr.str.strip_chars() == "")
 
 
+def _empty(trimmed: pl.Expr) -> pl.Expr:
+    """Null or empty, for text already trimmed (an `identifier`): `_blank` without trimming again."""
+    return trimmed.is_null() | (trimmed == "")
+
+
 def _absent(name: str, dtype: pl.DataType) -> pl.Expr:
     """No value: null, or only whitespace in a text column."""
     return _blank(_text(name, dtype)) if _is_text(dtype) else pl.col(name).is_null()
@@ -409,7 +414,7 @@ def validate_leads(raw: pl.DataFrame | RawTable, run_start: datetime,
         else parsed.with_columns(updated_at=pl.lit(None, pl.Datetime("us", "UTC")))
     )
     flags: dict[str, pl.Expr] = {
-        "lead_id_missing": _blank(pl.col("lead_id")),
+        "lead_id_missing": _empty(pl.col("lead_id")),
         **_timestamp_flags("created_at", schema["created_at"], True, run_start),
         "email_invalid": pl.col("email").is_not_null() & ~pl.col("email").str.contains(EMAIL_PATTERN),
         "country_invalid": pl.col("country").is_not_null() & ~pl.col("country").str.contains(COUNTRY_PATTERN),
@@ -506,8 +511,8 @@ def _parsed_activities(frame: pl.DataFrame, catalogue: tuple[str, ...],
     )
     parsed = with_timestamp(parsed, "_raw_occurred_at", "occurred_at")
     flags = {
-        "activity_id_missing": _blank(pl.col("activity_id")),
-        "lead_id_missing": _blank(pl.col("lead_id")),
+        "activity_id_missing": _empty(pl.col("activity_id")),
+        "lead_id_missing": _empty(pl.col("lead_id")),
         **_timestamp_flags("occurred_at", schema["occurred_at"], True, run_start),
         "activity_type_missing": pl.col("activity_type").is_null(),
         "activity_type_unknown": pl.col("activity_type").is_not_null()
