@@ -547,7 +547,7 @@ def _publish(flow_name: str, start: date, end: date, location: str, store: Store
         }
         manifest["quality_violations"] = quality_violations(manifest, run.quality)
         manifest["lineage_run_id"] = lineage.run_id
-        summary.report = write_report(store, pending, manifest, config)
+        summary.report = write_report(store, pending, manifest, config, [r.cohort_conversion.lazy() for r in replayed])
         lap("report")
         manifest["phase_seconds"] = phases  # the manifest is part of the commit, so the commit is not timed here
         pending.write_manifest(run_id, manifest)

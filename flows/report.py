@@ -12,6 +12,7 @@ import polars as pl
 
 from flows.catalog import DAILY_FUNNEL, MILESTONES, OWNER_HISTORY, SLA, TRANSITIONS, Dataset
 from flows.store import OutputStore, Store, report_relative
+from transforms.metrics import cohort_conversion_parts
 from transforms.report import (
     all_sources_cohorts,
     backward_weekly,
@@ -189,13 +190,18 @@ def _whole(store: Store, pending: OutputStore | None, dataset: Dataset) -> pl.Da
 
 
 def render_report(store: Store, pending: OutputStore | None, manifest: dict[str, Any],
-                  config: FunnelConfig) -> str:
-    """The report page of one run, from its datasets (pending ones over published ones)."""
+                  config: FunnelConfig, cohort_parts: list[pl.LazyFrame] | None = None) -> str:
+    """The report page of one run, from its datasets (pending ones over published ones).
+
+    `cohort_parts`: the run's shards' `cohort_conversion_parts`, which spare reading the
+    milestones again for the cohorts of all sources.
+    """
     as_of = date.fromisoformat(manifest["as_of"])
     daily = _dated(store, pending, DAILY_FUNNEL).select(DAILY_FUNNEL_COLUMNS)
     transitions = _whole(store, pending, TRANSITIONS)
-    milestones = _whole(store, pending, MILESTONES)
-    cohorts_all = all_sources_cohorts(milestones, as_of, config)
+    if cohort_parts is None:
+        cohort_parts = [cohort_conversion_parts(_whole(store, pending, MILESTONES).lazy(), config)]
+    cohorts_all = all_sources_cohorts(cohort_parts, as_of, config)
     sections = [
         ("The funnel today", f"Leads in each stage at the end of {as_of}, the team that owns them, and the share "
          "of leads that ever reached the stage which went on to the next one.",
@@ -248,12 +254,12 @@ config {html.escape(manifest['config_hash'])}, code {html.escape(manifest['code_
 
 
 def write_report(store: Store, pending: OutputStore | None, manifest: dict[str, Any],
-                 config: FunnelConfig) -> Path | str:
+                 config: FunnelConfig, cohort_parts: list[pl.LazyFrame] | None = None) -> Path | str:
     """Write report/as_of=D/index.html and report/latest.html into the pending area (or the store).
 
     Returns where the page is once published.
     """
-    page = render_report(store, pending, manifest, config)
+    page = render_report(store, pending, manifest, config, cohort_parts)
     as_of = date.fromisoformat(manifest["as_of"])
     for relative in (report_relative(as_of), report_relative()):
         if pending is not None:

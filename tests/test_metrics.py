@@ -131,3 +131,27 @@ def test_lead_sent_back_twice_and_a_skip(default_config: FunnelConfig) -> None:
         ("lead", "sql", "forward", 1, 12.0), ("mql", "sal", "forward", 1, 19.0), ("sal", "mql", "backward", 1, 2.0)]
     assert h.milestones_dataset().select("lead_id", "current_stage", "backward_moves").collect().rows() == [
         ("L1", "mql", 2), ("L2", "sql", 0)]
+
+
+def test_the_report_cohorts_of_all_sources_are_the_same_from_shard_parts(default_config: FunnelConfig) -> None:
+    """Cohorts over all sources from two disjoint sets of leads' parts equal those of every lead at once."""
+    from datetime import UTC, datetime
+
+    from transforms.metrics import cohort_conversion_parts
+    from transforms.report import all_sources_cohorts
+
+    data = generate(600, seed=5, dirty=False, end=date(2025, 11, 15), days=200)
+    run_start = datetime(2026, 1, 1, tzinfo=UTC)
+    leads = validate_leads(data.leads, run_start).valid
+    acts = validate_activities(data.activities, leads, default_config.catalogue, run_start).valid
+    milestones = classify(leads.lazy(), acts.lazy(), default_config, date(2025, 11, 15)).milestones_dataset()
+    odd = pl.col("lead_id").hash(1) % 2 == 1
+    parts = [cohort_conversion_parts(milestones.filter(half), default_config) for half in (odd, ~odd)]
+    whole = all_sources_cohorts([cohort_conversion_parts(milestones, default_config)], date(2025, 11, 15),
+                                default_config)
+    assert whole["converted"].sum() > 0 and whole["median_days_to_convert"].drop_nulls().len() > 0
+    assert set(whole["source"]) == {"all"}
+    assert_frame_equal(all_sources_cohorts(parts, date(2025, 11, 15), default_config), whole)
+    assert_frame_equal(whole.drop("source"), cohort_conversion(milestones.with_columns(source=pl.lit("x")),
+                                                               date(2025, 11, 15), default_config)
+                       .collect().drop("source"))

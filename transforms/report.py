@@ -6,7 +6,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from transforms.metrics import cohort_conversion
+from transforms.metrics import combine_cohort_conversion
 from transforms.rules import FunnelConfig
 
 
@@ -83,9 +83,14 @@ def by_source(daily_funnel: pl.DataFrame, as_of: date, config: FunnelConfig, top
     )
 
 
-def all_sources_cohorts(milestones: pl.DataFrame, as_of: date, config: FunnelConfig) -> pl.DataFrame:
-    """cohort_conversion over all sources at once (exact medians, not medians of medians)."""
-    return cohort_conversion(milestones.lazy().with_columns(source=pl.lit("all")), as_of, config).collect()
+def all_sources_cohorts(parts: list[pl.LazyFrame], as_of: date, config: FunnelConfig) -> pl.DataFrame:
+    """cohort_conversion over all sources at once (exact medians, not medians of medians).
+
+    From `cohort_conversion_parts` of disjoint sets of leads: a run's shards' parts, or one part
+    of the published milestones.
+    """
+    return combine_cohort_conversion([part.with_columns(source=pl.lit("all")) for part in parts], as_of,
+                                     config).collect()
 
 
 def cohort_matrix(cohorts_all: pl.DataFrame, months: int = 12) -> pl.DataFrame:
