@@ -280,10 +280,14 @@ def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
     from flows.pipeline import backfill, nightly
 
     if server is not None:
-        # What the run would import lazily, imported while the server comes up (about 0.8 s):
-        # the client's request encoder (FastAPI) and pandera's Polars checks.
+        # What the run would load lazily, loaded while the server comes up (about 1.1 s): the
+        # client's request encoder (FastAPI), pandera's Polars checks and the report's charts.
         import fastapi.encoders  # noqa: F401
         import pandera.backends.polars.builtin_checks  # noqa: F401
+
+        from flows.report import prepare
+
+        prepare()
     api = {PREFECT_API_URL: server.wait()} if server is not None else {}
     started = time.perf_counter()
     if args.input and args.input.startswith(("postgresql://", "postgres://")):
