@@ -275,7 +275,7 @@ class TemporaryApi:
 
 
 def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.pipeline import backfill, nightly
 
@@ -288,7 +288,9 @@ def _run(args: argparse.Namespace, server: TemporaryApi | None) -> None:
         from flows.report import prepare
 
         prepare()
-    api = {PREFECT_API_URL: server.wait()} if server is not None else {}
+    # Heartbeats tell a lasting server that a run crashed; the temporary API ends with the run, so
+    # none are sent to it (the flow's end waited up to a second for the heartbeat thread's sleep).
+    api = {PREFECT_API_URL: server.wait(), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None} if server is not None else {}
     started = time.perf_counter()
     if args.input and args.input.startswith(("postgresql://", "postgres://")):
         from flows.settings import database_uri_without_password
