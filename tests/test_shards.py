@@ -61,6 +61,7 @@ def test_repeated_ids_equal_whole_input_duplicates_even_for_an_export_written_tw
                    schemas={t: dict(s.frame.collect_schema()) for t, s in sources.items()})
     assert sum(read_raw_shard(job, "activities", s).frame.height for s in range(5)) == doubled.height
     # A shard validated with the pre-pass's hashes (no sort of its own) equals one validated without.
+    assert found.hashes is not None and found.hashes.len() > activities.height // 2  # (about) every id repeats
     shard_leads = [validate_leads(read_raw_shard(job, "leads", s), RUN_START, config.personal_columns)
                    for s in range(5)]
     collapsed = 0
