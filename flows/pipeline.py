@@ -354,20 +354,20 @@ def replay_shards(sources: dict[str, Source], config: FunnelConfig, run: RunSett
                    fingerprint_from=min([*plan.dates, *to_check]) - timedelta(days=config.window_days),
                    schemas={table: dict(source.frame.collect_schema()) for table, source in sources.items()},
                    keep=in_memory)
-    shard_rows = -(-rows // shards)
     if in_memory:
         parts = split_in_memory({table: source.collect() for table, source in sources.items()}, shards)
-        if shards > 1:
-            every = pl.concat([part["activities"].frame for part in parts]).lazy()
-            job = replace(job, repeated_ids=repeated_ids(every, config, run_start, rows, shard_rows))
-        lap("split")
+        every = pl.concat([part["activities"].frame for part in parts]).lazy()
+    else:
+        split_inputs(sources, pending, shards)
+        files = shard_files(pending, "activities")
+        every = (pl.scan_parquet(files, hive_partitioning=False) if files
+                 else pl.LazyFrame(schema=job.schemas["activities"]))
+    if shards > 1:  # one shard sees every activity itself
+        job = replace(job, repeated_ids=repeated_ids(every, config, run_start, rows, -(-rows // shards)))
+    lap("split")
+    if in_memory:
         # The rows given are consumed by the replay, so a retry could not see them: no retries.
         return job, _each_shard(run, replay.with_options(retries=0), [(job, s, parts[s]) for s in range(shards)])
-    split_inputs(sources, pending, shards)
-    files = shard_files(pending, "activities")
-    every = pl.scan_parquet(files, hive_partitioning=False) if files else pl.LazyFrame(schema=job.schemas["activities"])
-    job = replace(job, repeated_ids=repeated_ids(every, config, run_start, rows, shard_rows))
-    lap("split")
     malformed = {table: source.malformed for table, source in sources.items()}
     return job, _each_shard(run, replay, [(job, s, None, malformed if s == 0 else None) for s in range(shards)])
 
